@@ -1,0 +1,1 @@
+"""Reference adapters, registered under the ``invarlock.adapters`` entry-point group."""

@@ -1,0 +1,80 @@
+"""The shared base of the Hugging Face reference adapters: loading and snapshots."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from pytest_invarlock.adapters import snapshot as snap
+from pytest_invarlock.errors import RemoteCodeRefused
+
+ALLOW_REMOTE_CODE_ENV = "INVARLOCK_ALLOW_REMOTE_CODE"
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """Turn ``"auto"`` into the best available device (CUDA > MPS > CPU); pass others through."""
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def guard_remote_code(model_id: str, hf_kwargs: dict[str, Any]) -> None:
+    """Refuse ``trust_remote_code=True`` unless the environment opts in; default it to False."""
+    if hf_kwargs.get("trust_remote_code") and os.environ.get(ALLOW_REMOTE_CODE_ENV) != "1":
+        raise RemoteCodeRefused(
+            f"load_model({model_id!r}, trust_remote_code=True) would execute Python code shipped "
+            f"with the checkpoint; set {ALLOW_REMOTE_CODE_ENV}=1 to allow it for trusted models")
+    hf_kwargs["trust_remote_code"] = bool(hf_kwargs.get("trust_remote_code"))
+
+
+class HFAdapterBase:
+    """Load models with a transformers Auto class and snapshot them without pickle."""
+
+    name: ClassVar[str] = "hf_base"
+    #: The transformers Auto class used by :meth:`load_model`.
+    auto_class: ClassVar[str] = "AutoModel"
+
+    def load_model(self, model_id: str | os.PathLike[str], device: str = "auto",
+                   **hf_kwargs: Any) -> nn.Module:
+        """Load ``model_id`` (hub id or local directory) with ``from_pretrained`` arguments.
+
+        ``dtype``, ``device_map``, ``low_cpu_mem_usage``, ``revision`` and ``cache_dir`` are passed
+        through unchanged. Without ``device_map`` the model is moved to ``device``.
+        """
+        import transformers
+
+        model_id = str(Path(model_id)) if isinstance(model_id, os.PathLike) else model_id
+        guard_remote_code(model_id, hf_kwargs)
+        loader = getattr(transformers, self.auto_class)
+        model = loader.from_pretrained(model_id, **hf_kwargs)
+        if hf_kwargs.get("device_map") is None:
+            model = model.to(resolve_device(device))
+        return model.eval()
+
+    def snapshot(self, model: nn.Module) -> bytearray:
+        """Return every parameter and buffer as one safetensors buffer (no pickle)."""
+        return snap.snapshot_bytes(model)
+
+    def restore(self, model: nn.Module, blob: bytes | bytearray | memoryview) -> None:
+        """Restore a :meth:`snapshot` buffer in full, or raise and leave the model untouched."""
+        snap.restore_bytes(model, blob)
+
+    def snapshot_chunked(self, model: nn.Module, *, prefix: str = "invarlock-snap-",
+                         directory: str | None = None,
+                         chunk_bytes: int = snap.DEFAULT_CHUNK_BYTES) -> str:
+        """Write a chunked snapshot directory (manifest + safetensors chunks); return its path."""
+        return snap.snapshot_chunked(model, prefix=prefix, directory=directory,
+                                     chunk_bytes=chunk_bytes)
+
+    def restore_chunked(self, model: nn.Module, path: str | os.PathLike[str]) -> None:
+        """Restore a :meth:`snapshot_chunked` directory in full, or raise and touch nothing."""
+        snap.restore_chunked(model, path)

@@ -1,0 +1,503 @@
+"""Snapshot and restore every parameter and buffer of a module, in the safetensors format.
+
+A bytes snapshot is one safetensors buffer; a chunked snapshot is a directory holding
+``manifest.json`` and safetensors chunk files. Both are loadable by the ``safetensors`` library,
+never use pickle, store each tied group once (the other names are listed as aliases), and are
+validated in full (names, shapes, dtypes, checksums) before the model is touched.
+
+Data is copied straight between the model's tensors and the destination memory (a preallocated
+buffer, or a file through ``write``/``readinto``), so the extra memory is the snapshot itself for
+bytes snapshots and about one tensor for chunked ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import warnings
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+from torch import nn
+
+from pytest_invarlock.errors import SnapshotError
+
+FORMAT = "invarlock-snapshot-v1"
+CHUNKED_FORMAT = "invarlock-chunked-snapshot-v1"
+MANIFEST = "manifest.json"
+DEFAULT_CHUNK_BYTES = 512 * 1024 * 1024
+_ALIGN = 8
+_HEADER_LIMIT = 100 * 1024 * 1024
+_CHUNK_NAME = re.compile(r"^chunk-[0-9]{5}\.safetensors$")
+
+_CODES: dict[torch.dtype, str] = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+}
+_DTYPES: dict[str, torch.dtype] = {code: dtype for dtype, code in _CODES.items()}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Where one tensor lies in a snapshot and what it must match in the model."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        """Return the size of the tensor's data in bytes."""
+        return self.end - self.begin
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A named tensor of the live model and whether it is a parameter or a buffer."""
+
+    name: str
+    tensor: torch.Tensor
+    is_parameter: bool
+
+
+# --------------------------------------------------------------------------- model side
+
+
+def model_slots(model: nn.Module) -> dict[str, Slot]:
+    """Return every parameter and buffer of ``model`` by name, tied names included."""
+    slots = {n: Slot(n, p, True) for n, p in model.named_parameters(remove_duplicate=False)}
+    for name, buf in model.named_buffers(remove_duplicate=False):
+        slots.setdefault(name, Slot(name, buf, False))
+    return slots
+
+
+def _storage_key(t: torch.Tensor) -> tuple[object, ...]:
+    if t.numel() == 0:
+        return ("empty", id(t))
+    return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), t.dtype,
+            tuple(t.shape), t.stride())
+
+
+def unique_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Return the tensors to store (first name of each shared storage) and alias -> stored name."""
+    stored: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    first: dict[tuple[object, ...], str] = {}
+    for name, slot in model_slots(model).items():
+        key = _storage_key(slot.tensor)
+        if key in first:
+            aliases[name] = first[key]
+        else:
+            first[key] = name
+            stored[name] = slot.tensor
+    return stored, aliases
+
+
+def _code(t: torch.Tensor, name: str) -> str:
+    try:
+        return _CODES[t.dtype]
+    except KeyError:
+        raise SnapshotError(f"tensor {name!r} has dtype {t.dtype}, which snapshots cannot hold") from None
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def _layout(tensors: dict[str, torch.Tensor]) -> list[Spec]:
+    """Order tensors by element size (keeps every offset aligned) then name, and place them."""
+    order = sorted(tensors, key=lambda n: (-tensors[n].element_size(), n))
+    specs, offset = [], 0
+    for name in order:
+        t = tensors[name]
+        _code(t, name)
+        nbytes = t.numel() * t.element_size()
+        specs.append(Spec(name, t.dtype, tuple(t.shape), offset, offset + nbytes))
+        offset += nbytes
+    return specs
+
+
+def _header_bytes(specs: list[Spec], metadata: dict[str, str]) -> bytes:
+    header: dict[str, object] = {"__metadata__": metadata}
+    for s in specs:
+        header[s.name] = {"dtype": _CODES[s.dtype], "shape": list(s.shape),
+                          "data_offsets": [s.begin, s.end]}
+    raw = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    return raw + b" " * (-(len(raw) + 8) % _ALIGN)
+
+
+def _byte_view(t: torch.Tensor) -> torch.Tensor:
+    """Return the tensor's bytes as a flat uint8 CPU tensor (a view when already on the CPU)."""
+    flat = t.detach().reshape(-1)
+    if flat.device.type != "cpu":
+        flat = flat.cpu()
+    return flat.contiguous().view(torch.uint8)
+
+
+def _frombuffer(buf: object, dtype: torch.dtype, count: int, offset: int) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # read-only bytes: we only ever read them
+        return torch.frombuffer(buf, dtype=dtype, count=count, offset=offset)
+
+
+# --------------------------------------------------------------------------- bytes snapshots
+
+
+def snapshot_bytes(model: nn.Module) -> bytearray:
+    """Return ``model``'s parameters and buffers as one safetensors buffer (a ``bytearray``)."""
+    tensors, aliases = unique_tensors(model)
+    specs = _layout(tensors)
+    meta = _metadata(aliases, {s.name: "0" * 8 for s in specs})
+    header = _header_bytes(specs, meta)
+    start = 8 + len(header)
+    buf = bytearray(start + (specs[-1].end if specs else 0))
+    view = memoryview(buf)
+    crcs: dict[str, str] = {}
+    for s in specs:
+        if s.nbytes:
+            _frombuffer(buf, torch.uint8, s.nbytes, start + s.begin).copy_(_byte_view(tensors[s.name]))
+        crcs[s.name] = f"{zlib.crc32(view[start + s.begin:start + s.end]):08x}"
+    final = _header_bytes(specs, _metadata(aliases, crcs))
+    assert len(final) == len(header)
+    buf[:8] = len(final).to_bytes(8, "little")
+    buf[8:start] = final
+    return buf
+
+
+def _metadata(aliases: dict[str, str], crcs: dict[str, str]) -> dict[str, str]:
+    return {"format": FORMAT, "aliases": json.dumps(aliases, sort_keys=True),
+            "crc32": json.dumps(crcs, sort_keys=True)}
+
+
+def _parse_header(raw: bytes, total: int, where: str) -> tuple[dict[str, str], list[Spec], int]:
+    """Parse a safetensors header; return metadata, tensor specs and where the data begins."""
+    if total < 8:
+        raise SnapshotError(f"{where} is {total} bytes, too short to be a snapshot (truncated?)")
+    n = int.from_bytes(raw[:8], "little")
+    if n > min(total - 8, _HEADER_LIMIT):
+        raise SnapshotError(f"{where} is not an invarlock snapshot: its first 8 bytes announce a "
+                            f"{n}-byte header but only {total - 8} bytes follow (truncated, or "
+                            "not a safetensors file; pickle files are never loaded)")
+    try:
+        header = json.loads(bytes(raw[8:8 + n]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SnapshotError(f"{where} has an unreadable header ({exc}); it is not a snapshot "
+                            "written by this adapter") from None
+    if not isinstance(header, dict):
+        raise SnapshotError(f"{where} has a header that is not a JSON object")
+    meta = header.pop("__metadata__", None)
+    if not isinstance(meta, dict):
+        raise SnapshotError(f"{where} has no __metadata__; it is not an invarlock snapshot")
+    specs = [_spec(name, entry, where) for name, entry in header.items()]
+    specs.sort(key=lambda s: s.begin)
+    _check_tiling(specs, total - 8 - n, where)
+    return meta, specs, 8 + n
+
+
+def _spec(name: str, entry: object, where: str) -> Spec:
+    ok = isinstance(entry, dict) and entry.get("dtype") in _DTYPES
+    shape, offsets = (entry.get("shape"), entry.get("data_offsets")) if ok else (None, None)
+    ok = ok and isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)
+    ok = ok and isinstance(offsets, list) and len(offsets) == 2
+    ok = ok and all(isinstance(o, int) for o in offsets)
+    if not ok:
+        raise SnapshotError(f"{where}: header entry for {name!r} is malformed: {entry!r}")
+    dtype = _DTYPES[entry["dtype"]]
+    spec = Spec(name, dtype, tuple(shape), offsets[0], offsets[1])
+    numel = 1
+    for d in spec.shape:
+        numel *= d
+    if spec.nbytes != numel * dtype.itemsize or spec.begin < 0:
+        raise SnapshotError(f"{where}: tensor {name!r} claims {spec.nbytes} bytes for shape "
+                            f"{list(spec.shape)} of {dtype}; the header was tampered with")
+    return spec
+
+
+def _check_tiling(specs: list[Spec], data_len: int, where: str) -> None:
+    offset = 0
+    for s in specs:
+        if s.begin != offset:
+            raise SnapshotError(f"{where}: tensor {s.name!r} starts at byte {s.begin}, expected "
+                                f"{offset}; the header was tampered with")
+        offset = s.end
+    if offset != data_len:
+        raise SnapshotError(f"{where}: header describes {offset} bytes of data but {data_len} are "
+                            "present (truncated or padded file)")
+
+
+def _parse_meta(meta: dict[str, str], expected_format: str, where: str) -> tuple[
+        dict[str, str], dict[str, str]]:
+    if meta.get("format") != expected_format:
+        raise SnapshotError(f"{where} has format {meta.get('format')!r}, expected "
+                            f"{expected_format!r}; take snapshots with this adapter's snapshot()")
+    try:
+        aliases = json.loads(meta.get("aliases", "{}"))
+        crcs = json.loads(meta.get("crc32", "{}"))
+    except json.JSONDecodeError:
+        raise SnapshotError(f"{where}: unreadable alias or checksum table") from None
+    return aliases, crcs
+
+
+def restore_bytes(model: nn.Module, blob: bytes | bytearray | memoryview) -> None:
+    """Restore a buffer written by :func:`snapshot_bytes`; validate everything first."""
+    if not isinstance(blob, (bytes, bytearray, memoryview)):
+        raise SnapshotError(f"restore() takes a bytes-like snapshot, got {type(blob).__name__}")
+    where = "snapshot"
+    meta, specs, start = _parse_header(memoryview(blob)[:_HEADER_LIMIT + 8], len(blob), where)
+    aliases, crcs = _parse_meta(meta, FORMAT, where)
+    view = memoryview(blob)
+    for s in specs:
+        got = f"{zlib.crc32(view[start + s.begin:start + s.end]):08x}"
+        if crcs.get(s.name) != got:
+            raise SnapshotError(f"snapshot tensor {s.name!r} fails its crc32 checksum "
+                                f"({got} != {crcs.get(s.name)!r}): the snapshot was corrupted or "
+                                "tampered with; take a new snapshot")
+    plan = _plan(model, specs, aliases, where)
+    for spec, target in plan:
+        if spec.nbytes:
+            src = _frombuffer(blob, spec.dtype, spec.nbytes // spec.dtype.itemsize,
+                              start + spec.begin)
+            with torch.no_grad():
+                target.copy_(src.view(spec.shape))
+    _rebind_aliases(model, aliases)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _plan(model: nn.Module, specs: list[Spec], aliases: dict[str, str],
+          where: str) -> list[tuple[Spec, torch.Tensor]]:
+    """Check the snapshot against the model and return (spec, destination) pairs; touch nothing."""
+    slots = model_slots(model)
+    by_name = {s.name: s for s in specs}
+    _check_names(set(slots), set(by_name) | set(aliases), model, where)
+    for alias, stored in aliases.items():
+        if stored not in by_name:
+            raise SnapshotError(f"{where}: alias {alias!r} points at {stored!r}, which the "
+                                "snapshot does not hold; the snapshot was tampered with")
+        _check_match(by_name[stored], slots[alias].tensor, where, alias)
+    plan, claimed = [], set()
+    order = {name: i for i, name in enumerate(slots)}
+    for spec in sorted(specs, key=lambda s: order[s.name]):
+        target = slots[spec.name].tensor
+        _check_match(spec, target, where, spec.name)
+        key = _storage_key(target)
+        if key in claimed:
+            target = _untie(model, slots[spec.name])
+        claimed.add(key)
+        plan.append((spec, target))
+    return plan
+
+
+def _check_names(have: set[str], stored: set[str], model: nn.Module, where: str) -> None:
+    extra, missing = sorted(stored - have), sorted(have - stored)
+    if not (extra or missing):
+        return
+    parts = []
+    if extra:
+        parts.append(f"keys not in the model: {_few(extra)}")
+    if missing:
+        parts.append(f"model keys missing from the snapshot: {_few(missing)}")
+    raise SnapshotError(f"{where} does not fit this {type(model).__name__}: {'; '.join(parts)}. "
+                        "It was taken from a different architecture or configuration; restore "
+                        "it only into the model it was taken from")
+
+
+def _few(names: list[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:5])
+    return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def _check_match(spec: Spec, target: torch.Tensor, where: str, name: str) -> None:
+    if tuple(target.shape) != spec.shape:
+        raise SnapshotError(f"{where}: key {name!r} has shape {list(spec.shape)} but the model's "
+                            f"tensor has shape {list(target.shape)}; the snapshot was taken from "
+                            "a different configuration")
+    if target.dtype != spec.dtype:
+        raise SnapshotError(f"{where}: key {name!r} is {spec.dtype} but the model's tensor is "
+                            f"{target.dtype}; the model's dtype changed since the snapshot (e.g. "
+                            f".half()): convert it back with model.to({spec.dtype}) and restore")
+
+
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    path, _, leaf = name.rpartition(".")
+    return (model.get_submodule(path) if path else model), leaf
+
+
+def _untie(model: nn.Module, slot: Slot) -> torch.Tensor:
+    """Give ``slot`` its own storage (the snapshot stores it apart from the tensor it shares)."""
+    owner, leaf = _owner(model, slot.name)
+    fresh = torch.empty_like(slot.tensor)
+    if slot.is_parameter:
+        owner._parameters[leaf] = nn.Parameter(fresh, requires_grad=slot.tensor.requires_grad)
+    else:
+        owner._buffers[leaf] = fresh
+    return fresh
+
+
+def _rebind_aliases(model: nn.Module, aliases: dict[str, str]) -> None:
+    """Point every alias at its stored tensor's object, so tied names share one storage again."""
+    slots = model_slots(model)
+    for alias, stored in aliases.items():
+        owner, leaf = _owner(model, alias)
+        target = slots[stored].tensor
+        if slots[alias].is_parameter and isinstance(target, nn.Parameter):
+            owner._parameters[leaf] = target
+        else:
+            owner._buffers[leaf] = target
+
+
+# --------------------------------------------------------------------------- chunked snapshots
+
+
+def snapshot_chunked(model: nn.Module, *, prefix: str = "invarlock-snap-",
+                     directory: str | os.PathLike[str] | None = None,
+                     chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> str:
+    """Write ``model`` to a new directory of safetensors chunks plus a manifest; return its path."""
+    tensors, aliases = unique_tensors(model)
+    out = Path(tempfile.mkdtemp(prefix=prefix, dir=directory))
+    chunks = []
+    for index, group in enumerate(_groups(_layout(tensors), chunk_bytes)):
+        chunks.append(_write_chunk(out / f"chunk-{index:05d}.safetensors", group, tensors))
+    manifest = {"format": CHUNKED_FORMAT, "aliases": aliases, "chunks": chunks}
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    os.replace(tmp, out / MANIFEST)
+    return str(out)
+
+
+def _groups(specs: list[Spec], limit: int) -> Iterator[list[Spec]]:
+    group: list[Spec] = []
+    size = 0
+    for s in specs:
+        if group and size + s.nbytes > limit:
+            yield group
+            group, size = [], 0
+        group.append(s)
+        size += s.nbytes
+    if group or not specs:
+        yield group
+
+
+def _write_chunk(path: Path, group: list[Spec], tensors: dict[str, torch.Tensor]) -> dict[
+        str, object]:
+    base = group[0].begin if group else 0
+    local = [Spec(s.name, s.dtype, s.shape, s.begin - base, s.end - base) for s in group]
+    header = _header_bytes(local, {"format": FORMAT + "-chunk"})
+    digest = hashlib.sha256()
+    with open(path, "xb") as f:
+        for piece in (len(header).to_bytes(8, "little"), header):
+            f.write(piece)
+            digest.update(piece)
+        for s in local:
+            data = memoryview(_byte_view(tensors[s.name]).numpy())
+            f.write(data)
+            digest.update(data)
+        size = f.tell()
+    return {"file": path.name, "sha256": digest.hexdigest(), "bytes": size,
+            "tensors": [s.name for s in local]}
+
+
+def restore_chunked(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Restore a directory written by :func:`snapshot_chunked`; validate everything first."""
+    root = Path(path)
+    manifest = _read_manifest(root)
+    aliases = manifest["aliases"]
+    located: list[tuple[Path, Spec]] = []
+    for chunk in manifest["chunks"]:
+        located.extend(_verify_chunk(root, chunk))
+    names = [spec.name for _, spec in located]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise SnapshotError(f"{root}: tensors {_few(dup)} appear in more than one chunk")
+    where_of = {spec.name: (file, spec) for file, spec in located}
+    plan = _plan(model, [s for _, s in located], aliases, str(root))
+    for spec, target in plan:
+        file, _ = where_of[spec.name]
+        with open(file, "rb") as f:
+            _read_into(f, spec, target)
+    _rebind_aliases(model, aliases)
+
+
+def _read_manifest(root: Path) -> dict:
+    file = root / MANIFEST
+    if not root.is_dir() or not file.is_file() or file.is_symlink():
+        raise SnapshotError(f"{root} is not a chunked snapshot: {file} is missing (was the "
+                            "snapshot interrupted, or is this the wrong directory?)")
+    try:
+        manifest = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SnapshotError(f"{file} is not valid JSON ({exc})") from None
+    ok = isinstance(manifest, dict) and manifest.get("format") == CHUNKED_FORMAT
+    ok = ok and isinstance(manifest.get("chunks"), list)
+    ok = ok and isinstance(manifest.get("aliases"), dict)
+    if not ok:
+        raise SnapshotError(f"{file} is not an {CHUNKED_FORMAT!r} manifest; take snapshots with "
+                            "snapshot_chunked()")
+    files = [c.get("file") if isinstance(c, dict) else None for c in manifest["chunks"]]
+    for name in files:
+        if not isinstance(name, str) or not _CHUNK_NAME.match(name):
+            raise SnapshotError(f"{file}: chunk file name {name!r} is not allowed: only "
+                                "'chunk-NNNNN.safetensors' inside the snapshot directory")
+    if len(set(files)) != len(files):
+        raise SnapshotError(f"{file}: a chunk file is listed twice")
+    return manifest
+
+
+def _verify_chunk(root: Path, chunk: dict) -> list[tuple[Path, Spec]]:
+    file = root / chunk["file"]
+    if file.is_symlink() or not file.is_file():
+        raise SnapshotError(f"chunk {file} is missing or not a regular file")
+    size = file.stat().st_size
+    if size != chunk.get("bytes"):
+        raise SnapshotError(f"chunk {file} is {size} bytes, the manifest says {chunk.get('bytes')}"
+                            " (truncated or replaced); take a new snapshot")
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else 0
+        raw = head + f.read(min(n, _HEADER_LIMIT))
+        digest.update(raw)
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != chunk.get("sha256"):
+        raise SnapshotError(f"chunk {file} fails its sha256 checksum: it was corrupted or tampered "
+                            "with; take a new snapshot")
+    meta, specs, start = _parse_header(raw, size, f"chunk {file}")
+    listed = chunk.get("tensors")
+    held = {s.name for s in specs}
+    if meta.get("format") != FORMAT + "-chunk" or not isinstance(listed, list) or set(
+            map(str, listed)) != held or len(listed) != len(held):
+        raise SnapshotError(f"chunk {file} does not hold the tensors its manifest lists")
+    return [(file, Spec(s.name, s.dtype, s.shape, start + s.begin, start + s.end)) for s in specs]
+
+
+def _read_into(f: BinaryIO, spec: Spec, target: torch.Tensor) -> None:
+    """Read one tensor's bytes straight into ``target`` (via one bounded buffer when it must)."""
+    f.seek(spec.begin)
+    direct = target.device.type == "cpu" and target.is_contiguous()
+    dest = target.detach().view(-1).view(torch.uint8) if direct else torch.empty(
+        spec.nbytes, dtype=torch.uint8)
+    if spec.nbytes and f.readinto(memoryview(dest.numpy())) != spec.nbytes:
+        raise SnapshotError(f"{f.name}: short read for tensor {spec.name!r}")
+    if not direct:
+        with torch.no_grad():
+            target.copy_(dest.view(spec.dtype).view(spec.shape))

@@ -1,0 +1,80 @@
+"""Checks that tied weights stay tied: after load, after ``.to()`` and after a restore."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from pytest_invarlock import state, truth
+from pytest_invarlock.checks import CheckContext, check
+from pytest_invarlock.errors import CheckFailed, CheckNotApplicable
+
+
+def _shares(model: nn.Module, a: str, b: str) -> bool:
+    return any(a in g and b in g for g in state.storage_groups(model))
+
+
+@check()
+def check_tying_after_load(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
+    """The embedding and LM head share storage exactly when config.tie_word_embeddings says so."""
+    facts = truth.derive(model)
+    if facts.embedding_pair is None:
+        raise CheckNotApplicable("the model has no input embedding / output head pair")
+    emb, head = facts.embedding_pair
+    shared = _shares(model, emb, head)
+    if facts.tie_word_embeddings and not shared:
+        raise CheckFailed(f"config.tie_word_embeddings is True but {head!r} and {emb!r} have "
+                          "separate storage after load_model(); keep the tie that "
+                          "from_pretrained makes (do not clone or re-create the head)")
+    if not facts.tie_word_embeddings and shared:
+        raise CheckFailed(f"config.tie_word_embeddings is False but {head!r} and {emb!r} share "
+                          "storage after load_model(); do not tie weights the config keeps apart")
+
+
+@check(mutates=True)
+def check_tying_after_to(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
+    """Tied groups survive ``model.to(dtype)`` and back (ties are one Parameter, not two views)."""
+    before = state.storage_groups(model)
+    if not before:
+        raise CheckNotApplicable("the model has no tied weights")
+    dtype = next(model.parameters()).dtype
+    model.to(torch.float64).to(dtype)
+    after = state.storage_groups(model)
+    if after != before:
+        lost = sorted(set(before) - set(after))
+        raise CheckFailed(f"model.to() split the tied group {lost[0]}: its names were distinct "
+                          "Parameter objects viewing one storage. Tie by assigning the same "
+                          "Parameter object (e.g. model.tie_weights()), not a view of its data")
+    described = adapter.describe(model).get("tying", {})
+    if not described and before:
+        raise CheckFailed(f"describe()['tying'] is empty after model.to() but {before[0]} share "
+                          "storage; compute the tying map from the live model on every call")
+
+
+@check(mutates=True)
+def check_restore_reties_tied_weights(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
+    """restore() re-binds tied names to one storage after an edit untied them (not a value copy)."""
+    groups = state.storage_groups(model)
+    if not groups:
+        raise CheckNotApplicable("the model has no tied weights")
+    blob = adapter.snapshot(model)
+    group = groups[0]
+    path, _, leaf = group[-1].rpartition(".")
+    owner = model.get_submodule(path) if path else model
+    original = getattr(owner, leaf)
+    setattr(owner, leaf, nn.Parameter(original.detach().clone() + 1,
+                                      requires_grad=original.requires_grad))
+    adapter.restore(model, blob)
+    if not _shares(model, group[0], group[-1]):
+        raise CheckFailed(f"after restore(), {group[-1]!r} no longer shares storage with "
+                          f"{group[0]!r} (an edit had untied them); restore must re-bind tied "
+                          "names to one Parameter, not copy values into separate tensors")
+
+
+CHECKS = (
+    check_tying_after_load,
+    check_tying_after_to,
+    check_restore_reties_tied_weights,
+)

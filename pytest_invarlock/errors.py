@@ -1,0 +1,23 @@
+"""Exceptions shared by the adapters, the check library and the plugin."""
+
+from __future__ import annotations
+
+
+class CheckFailed(AssertionError):
+    """A conformance check found the adapter wrong; the message says where and how to fix it."""
+
+
+class CheckNotApplicable(Exception):  # noqa: N818 - reads as a sentence in skip reasons
+    """A check does not apply to this adapter or model; the message says why."""
+
+
+class TruthUnavailable(RuntimeError):  # noqa: N818
+    """The suite cannot derive the expected structure of a model (a gap in the suite, not a pass)."""
+
+
+class SnapshotError(ValueError):
+    """A snapshot cannot be restored into this model; nothing in the model was changed."""
+
+
+class RemoteCodeRefused(PermissionError):  # noqa: N818
+    """Loading would execute code shipped with the checkpoint and the caller did not opt in."""

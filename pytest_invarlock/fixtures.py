@@ -1,0 +1,116 @@
+"""Build the bundled tiny checkpoints offline, deterministically, and cache them on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pytest_invarlock.resources import data_path, load_json
+
+BUILDER_VERSION = "1"
+CACHE_ENV = "INVARLOCK_FIXTURES_DIR"
+
+
+@dataclass(frozen=True)
+class Fixture:
+    """One catalog entry: a tiny model built from a config."""
+
+    name: str
+    family: str
+    role: str
+    auto_class: str
+    seed: int
+    config: dict[str, Any]
+
+
+def catalog() -> dict[str, Fixture]:
+    """Return the model fixtures of ``fixtures/catalog.json`` by name."""
+    entries = load_json("fixtures", "catalog.json")["fixtures"]
+    return {name: Fixture(name=name, **entry) for name, entry in sorted(entries.items())}
+
+
+def probe_path(name: str) -> Path:
+    """Return the directory of a probe checkpoint (e.g. ``remote-code``)."""
+    entry = load_json("fixtures", "catalog.json")["probes"][name]
+    return data_path("fixtures", entry["directory"])
+
+
+def cache_root() -> Path:
+    """Return where built fixtures live (``$INVARLOCK_FIXTURES_DIR`` or the user cache)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pytest-invarlock" / "fixtures"
+
+
+def _key(fixture: Fixture) -> str:
+    import torch
+    import transformers
+
+    ident = {"builder": BUILDER_VERSION, "entry": fixture.__dict__,
+             "torch": torch.__version__, "transformers": transformers.__version__}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fixture_path(name: str) -> Path:
+    """Return the directory of fixture ``name``, building it first if it is not cached."""
+    fixture = catalog()[name]
+    final = cache_root() / f"{name}-{_key(fixture)}"
+    if not (final / "config.json").is_file():
+        _build_into(fixture, final)
+    return final
+
+
+def _build_into(fixture: Fixture, final: Path) -> None:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{fixture.name}-", dir=final.parent))
+    try:
+        build_model(fixture).save_pretrained(tmp)
+        os.replace(tmp, final)  # atomic; a concurrent builder (xdist) may have won the race
+    except OSError:
+        if not (final / "config.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_model(fixture: Fixture) -> Any:
+    """Instantiate ``fixture`` from its config and fill its weights from a seeded generator."""
+    import torch
+    import transformers
+
+    config = transformers.AutoConfig.for_model(**fixture.config)
+    model = getattr(transformers, fixture.auto_class).from_config(config)
+    generator = torch.Generator().manual_seed(fixture.seed)
+    norms = _norm_parameter_names(model)
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters()):
+            noise = torch.randn(param.shape, generator=generator, dtype=torch.float32) * 0.02
+            param.copy_(noise + 1.0 if name in norms else noise)
+    return model.eval()
+
+
+def _norm_parameter_names(model: Any) -> set[str]:
+    names = set()
+    for mod_name, module in model.named_modules():
+        if "norm" in type(module).__name__.lower() and hasattr(module, "weight"):
+            names.add(f"{mod_name}.weight" if mod_name else "weight")
+    return names
+
+
+def main(argv: list[str]) -> int:
+    """Build the named fixtures (all by default) and print ``name<TAB>path`` lines."""
+    for name in argv or sorted(catalog()):
+        print(f"{name}\t{fixture_path(name)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

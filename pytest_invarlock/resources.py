@@ -1,0 +1,36 @@
+"""Locate the project's data (contracts, fixture catalog, conformance modules) installed or not."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def data_path(*parts: str) -> Path:
+    """Return the path of a data file: inside the wheel (``_data``) or in the source checkout."""
+    shipped = _PACKAGE.joinpath("_data", *parts)
+    return shipped if shipped.exists() else _PACKAGE.parent.joinpath(*parts)
+
+
+@cache
+def load_json(*parts: str) -> Any:
+    """Return a data file parsed as JSON (cached: these files never change during a run)."""
+    return json.loads(data_path(*parts).read_text(encoding="utf-8"))
+
+
+def schema(name: str) -> dict[str, Any]:
+    """Return the JSON Schema ``contracts/schemas/<name>.schema.json``."""
+    return load_json("contracts", "schemas", f"{name}.schema.json")
+
+
+def validate(instance: object, name: str) -> list[str]:
+    """Return readable JSON Schema errors of ``instance`` against schema ``name`` (none = valid)."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema(name))
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
+    return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors]

@@ -1,0 +1,156 @@
+"""The suite's own view of a model's state: capture, bit-exact comparison, perturbation, reset.
+
+Nothing here calls an adapter: this is what adapter snapshots are checked against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Saved:
+    """A copy of one named tensor as it was, with where it lived."""
+
+    value: torch.Tensor
+    device: torch.device
+    is_parameter: bool
+    requires_grad: bool
+
+
+@dataclass(frozen=True)
+class State:
+    """Every parameter and buffer of a model, copied, plus which names share storage."""
+
+    tensors: dict[str, Saved]
+    groups: tuple[tuple[str, ...], ...]
+
+
+def named_tensors(model: nn.Module) -> dict[str, tuple[torch.Tensor, bool]]:
+    """Return every parameter and buffer by name (tied names included) with an is-parameter flag."""
+    out = {n: (p, True) for n, p in model.named_parameters(remove_duplicate=False)}
+    for name, buf in model.named_buffers(remove_duplicate=False):
+        out.setdefault(name, (buf, False))
+    return out
+
+
+def storage_key(t: torch.Tensor) -> tuple[object, ...]:
+    """Return what identifies the memory a tensor views (same key = same values, always)."""
+    if t.numel() == 0:
+        return ("empty", id(t))
+    return (str(t.device), t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
+            t.stride(), t.dtype)
+
+
+def storage_groups(model: nn.Module) -> tuple[tuple[str, ...], ...]:
+    """Return the groups of two or more tensor names that share one storage, sorted."""
+    by_key: dict[tuple[object, ...], list[str]] = {}
+    for name, (t, _) in named_tensors(model).items():
+        by_key.setdefault(storage_key(t), []).append(name)
+    return tuple(sorted(tuple(names) for names in by_key.values() if len(names) > 1))
+
+
+def capture(model: nn.Module) -> State:
+    """Copy every parameter and buffer of ``model`` to the CPU."""
+    saved = {
+        name: Saved(t.detach().to("cpu", copy=True), t.device, is_param, t.requires_grad)
+        for name, (t, is_param) in named_tensors(model).items()
+    }
+    return State(saved, storage_groups(model))
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """Return a tensor's raw bytes (bit-exact comparison: -0.0 differs from 0.0, NaN equals NaN)."""
+    return t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+
+
+def diff(model: nn.Module, state: State) -> list[str]:
+    """Describe every way ``model`` differs from ``state`` (empty when bit-identical)."""
+    now = named_tensors(model)
+    problems = [f"{n!r} is missing from the model" for n in sorted(set(state.tensors) - set(now))]
+    problems += [f"{n!r} is new in the model" for n in sorted(set(now) - set(state.tensors))]
+    for name in sorted(set(now) & set(state.tensors)):
+        problems += _tensor_diff(name, now[name][0], state.tensors[name])
+    groups = storage_groups(model)
+    if groups != state.groups:
+        problems.append(f"tied groups are {list(groups)}, expected {list(state.groups)}")
+    return problems
+
+
+def _tensor_diff(name: str, t: torch.Tensor, saved: Saved) -> list[str]:
+    if t.dtype != saved.value.dtype:
+        return [f"{name!r} has dtype {t.dtype}, expected {saved.value.dtype}"]
+    if t.shape != saved.value.shape:
+        return [f"{name!r} has shape {list(t.shape)}, expected {list(saved.value.shape)}"]
+    if t.device != saved.device:
+        return [f"{name!r} is on {t.device}, expected {saved.device}"]
+    if not torch.equal(bits(t), bits(saved.value)):
+        changed = int((t.detach().cpu() != saved.value).sum())
+        return [f"{name!r} differs from the original in {changed} of {t.numel()} elements"]
+    return []
+
+
+def perturb(model: nn.Module, seed: int = 0) -> None:
+    """Change every element of every parameter and buffer in place (tied storage once)."""
+    generator = torch.Generator().manual_seed(seed)
+    seen: set[tuple[object, ...]] = set()
+    with torch.no_grad():
+        for t, _ in named_tensors(model).values():
+            key = storage_key(t)
+            if key in seen or t.numel() == 0:
+                continue
+            seen.add(key)
+            _perturb_tensor(t, generator)
+
+
+def _perturb_tensor(t: torch.Tensor, generator: torch.Generator) -> None:
+    if t.dtype == torch.bool:
+        t.logical_not_()
+    elif t.is_floating_point():
+        step = torch.rand(t.shape, generator=generator) * 0.5 + 0.25
+        t.add_(step.to(t.device, t.dtype).abs().clamp_min(0.25))
+    else:
+        t.add_(1)
+
+
+def reset(model: nn.Module, state: State) -> None:
+    """Put ``state`` back into ``model`` (values, dtypes, devices and ties), whatever changed."""
+    now = named_tensors(model)
+    with torch.no_grad():
+        for name, saved in state.tensors.items():
+            if name in now:
+                now[name][0].data = saved.value.to(saved.device, copy=True)
+    for group in state.groups:
+        _rebind(model, group)
+
+
+def _rebind(model: nn.Module, group: tuple[str, ...]) -> None:
+    now = named_tensors(model)
+    head, _ = now[group[0]]
+    for name in group[1:]:
+        path, _, leaf = name.rpartition(".")
+        owner = model.get_submodule(path) if path else model
+        if now[name][1]:
+            owner._parameters[leaf] = head
+        else:
+            owner._buffers[leaf] = head
+
+
+def logits(model: nn.Module) -> torch.Tensor:
+    """Run a fixed batch of token ids through ``model`` in eval mode and return its logits."""
+    config = getattr(model, "config", None)
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    if vocab <= 0:
+        raise ValueError(f"{type(model).__name__} has no config.vocab_size to build input ids from")
+    device = next(model.parameters()).device
+    ids = (torch.arange(2 * 8).reshape(2, 8) * 7 + 3) % vocab
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(input_ids=ids.to(device)).logits.detach().cpu()
+    finally:
+        model.train(was_training)
