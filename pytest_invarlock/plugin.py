@@ -1,0 +1,205 @@
+"""The pytest plugin: options, markers, parametrization, records, report and summary hooks."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_invarlock.lanes import LANES, Lane, unavailable
+from pytest_invarlock.records import PROPERTY, Collector, Record, write_report
+from pytest_invarlock.registry import AdapterError, Discovery, discover
+
+OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
+MARKER = "invarlock"
+NO_CASE = "no adapter of lane {lane} is installed: none of {names} declares quantized = True"
+
+
+class InvarlockRun:
+    """Per-process state of a conformance run: lane, discovery, cases, loaded subjects, records."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.lane: Lane = LANES[config.getoption("invarlock_lane")]
+        self.selectors: list[str] = config.getoption("invarlock_adapter") or []
+        self.models: list[str] = config.getoption("invarlock_model") or []
+        self.report: str | None = config.getoption("invarlock_report")
+        self.collector = Collector()
+        self._discovery: Discovery | None = None
+        self._subjects: Any = None
+        self._cases: list[Any] | None = None
+
+    @property
+    def discovery(self) -> Discovery:
+        """Return the registered adapters (looked up on first use)."""
+        if self._discovery is None:
+            self._discovery = discover()
+        return self._discovery
+
+    @property
+    def subjects(self) -> Any:
+        """Return the process-wide loader of (adapter, model) pairs."""
+        if self._subjects is None:
+            from pytest_invarlock.subjects import Subjects
+
+            self._subjects = Subjects(self.lane, self.discovery)
+        return self._subjects
+
+    def cases(self) -> list[Any]:
+        """Return the cases of this run, planned once per process."""
+        if self._cases is None:
+            self._cases = self._plan()
+        return self._cases
+
+    def _plan(self) -> list[Any]:
+        from pytest_invarlock.subjects import Case
+
+        try:
+            cases = self.subjects.plan(self.selectors, self.models)
+        except AdapterError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        for model in self.models:
+            if not any(c.model == Path(model).name for c in cases):
+                raise pytest.UsageError(
+                    f"--invarlock-model={model}: no adapter loads it and accepts it in "
+                    f"can_handle() (tried {', '.join(sorted(self.discovery.adapters))}); name the "
+                    "adapter with --invarlock-adapter")
+        if not cases:
+            names = ", ".join(sorted(self.discovery.adapters)) or "no adapter"
+            reason = NO_CASE.format(lane=self.lane.id, names=names)
+            cases = [Case("none", "none", "none", None, skip=reason)]
+        return cases
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Fold each report into the records (the controller also sees every worker's reports)."""
+        self.collector.add(report)
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """Write the lane results file, on the controller only."""
+        if self.report and not hasattr(session.config, "workerinput"):
+            rows = self.adapter_rows() if self._cases else []
+            write_report(Path(self.report), self.lane.id, self.lane.device, rows,
+                         self.collector.sorted())
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        """Print the adapter x model outcome matrix and how to reproduce each failure."""
+        records = self.collector.sorted()
+        if not records:
+            return
+        tr = terminalreporter
+        tr.section(f"invarlock lane {self.lane.id}")
+        for line in matrix_lines(records):
+            tr.write_line(line)
+        for r in records:
+            if r.outcome in ("failed", "error"):
+                tr.write_line(f"{r.outcome.upper()} {r.adapter} on {r.model}: {r.check}: "
+                              f"{r.message}")
+                tr.write_line(f"  Reproduce: {self.reproduce(r)}")
+        if self.report:
+            tr.write_line(f"invarlock: results written to {self.report}")
+
+    def reproduce(self, record: Record) -> str:
+        """Return the command that re-runs one record's test alone."""
+        return (f"pytest '{record.nodeid}' --invarlock-lane={self.lane.id}"
+                + "".join(f" --invarlock-adapter={a}" for a in self.selectors)
+                + "".join(f" --invarlock-model={m}" for m in self.models))
+
+    def adapter_rows(self) -> list[dict[str, Any]]:
+        """Return the adapters of this run with their origin, for headers and reports."""
+        names = sorted({c.adapter for c in self.cases()} - {"none"})
+        rows = []
+        for case in [next(c for c in self.cases() if c.adapter == n) for n in names]:
+            spec = self.subjects.spec(case.selector)
+            rows.append({"name": spec.name, "target": spec.target, "origin": spec.origin,
+                         "distribution": spec.distribution, "version": spec.version})
+        return rows
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Add the --invarlock-* options."""
+    group = parser.getgroup("invarlock", "model adapter conformance (pytest-invarlock)")
+    group.addoption("--invarlock-lane", choices=sorted(LANES), default="cpu",
+                    help="lane to run: cpu (default), cuda, cpu-quant or cuda-quant")
+    group.addoption("--invarlock-adapter", action="append", metavar="NAME|module:Class",
+                    help="adapter to verify (repeatable); default: every discovered adapter")
+    group.addoption("--invarlock-model", action="append", metavar="PATH",
+                    help="checkpoint to verify on (repeatable); default: the bundled fixtures")
+    group.addoption("--invarlock-report", metavar="PATH",
+                    help="write the lane results (JSON, lane_results.schema.json) to PATH")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the marker and start the run's state."""
+    config.addinivalue_line(
+        "markers", f"{MARKER}(checks): run the given checks on every (adapter, model) case")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    run = InvarlockRun(config)
+    config.stash[RUN] = run
+    config.pluginmanager.register(run, "invarlock-run")
+
+
+RUN = pytest.StashKey[InvarlockRun]()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Say which lane runs and which adapters exist, before any result."""
+    run = config.stash[RUN]
+    reason = unavailable(run.lane) if run.lane.device == "cuda" else None
+    lines = [f"invarlock: lane {run.lane.id} ({run.lane.description})"
+             + (f" - cannot run here: {reason}" if reason else "")]
+    for name, spec in sorted(run.discovery.adapters.items()):
+        lines.append(f"invarlock: adapter {name} = {spec.target} ({spec.distribution} "
+                     f"{spec.version})")
+    lines += [f"invarlock: problem: {p}" for p in run.discovery.problems.values()]
+    return lines
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize tests marked ``invarlock(checks)`` over cases, then checks."""
+    marker = metafunc.definition.get_closest_marker(MARKER)
+    if marker is None:
+        return
+    cases = metafunc.config.stash[RUN].cases()
+    metafunc.parametrize("invarlock_subject", cases, ids=[c.id for c in cases], indirect=True,
+                         scope="session")
+    checks = list(marker.args[0])
+    metafunc.parametrize("invarlock_check", checks, ids=[c.__name__ for c in checks])
+
+
+@pytest.fixture(scope="session")
+def invarlock_subject(request: pytest.FixtureRequest) -> Any:
+    """Return the loaded (adapter, model) of this case; loaded once per process."""
+    case = request.param
+    if case.skip:
+        pytest.skip(case.skip)
+    try:
+        return request.config.stash[RUN].subjects.load(case)
+    except Exception as exc:
+        pytest.fail(f"{case.adapter} on {case.model}: cannot load the model: {exc!r}",
+                    pytrace=False)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tag every conformance test with its (adapter, model, check) for the records."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        case, check = params.get("invarlock_subject"), params.get("invarlock_check")
+        if case is not None and check is not None:
+            item.user_properties.append((PROPERTY, {
+                "adapter": case.adapter, "model": case.model, "check": check.__name__,
+                "family": case.family, "role": case.role}))
+
+
+def matrix_lines(records: list[Record]) -> list[str]:
+    """Return an aligned table of outcome counts per (adapter, model)."""
+    counts: dict[tuple[str, str], Counter[str]] = {}
+    for r in records:
+        counts.setdefault((r.adapter, r.model), Counter())[r.outcome] += 1
+    width = max(len(f"{a} {m}") for a, m in counts) + 2
+    head = "adapter / model".ljust(width) + "".join(o.rjust(9) for o in OUTCOMES)
+    rows = [f"{a} {m}".ljust(width) + "".join(str(c[o]).rjust(9) for o in OUTCOMES)
+            for (a, m), c in sorted(counts.items())]
+    return [head, *rows]

@@ -1,0 +1,124 @@
+"""Records: one per (adapter, model, check), built from test reports, and the lane results file."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from dataclasses import asdict, dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+FORMAT = "invarlock-lane-results-v1"
+PROPERTY = "invarlock"
+PACKAGES = ("pytest-invarlock", "torch", "transformers", "safetensors", "accelerate", "pytest",
+            "pytest-xdist")
+_RANK = {"passed": 0, "skipped": 1, "xfailed": 1, "xpassed": 2, "failed": 3, "error": 4}
+
+
+@dataclass(frozen=True)
+class Record:
+    """The verdict of one check for one adapter on one model."""
+
+    adapter: str
+    model: str
+    check: str
+    outcome: str
+    message: str
+    family: str | None = None
+    role: str | None = None
+    nodeid: str = ""
+
+
+def identity(report: pytest.TestReport) -> dict[str, Any] | None:
+    """Return the (adapter, model, check) a report is about, or None for other tests."""
+    for key, value in report.user_properties:
+        if key == PROPERTY:
+            return dict(value)
+    return None
+
+
+def outcome_of(report: pytest.TestReport) -> str | None:
+    """Map one phase report to a record outcome (None: this phase decides nothing)."""
+    xfail = hasattr(report, "wasxfail")
+    if report.when == "call":
+        if report.skipped:
+            return "xfailed" if xfail else "skipped"
+        if report.passed:
+            return "xpassed" if xfail else "passed"
+        return "failed"
+    if report.failed:
+        return "error"
+    if report.skipped:
+        return "xfailed" if xfail else "skipped"
+    return None
+
+
+def message_of(report: pytest.TestReport) -> str:
+    """Return the reason or failure message of a report, one paragraph."""
+    if report.passed and not hasattr(report, "wasxfail"):
+        return ""
+    if hasattr(report, "wasxfail") and report.wasxfail:
+        return str(report.wasxfail)
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple):
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    crash = getattr(getattr(longrepr, "reprcrash", None), "message", None)
+    return str(crash) if crash else report.longreprtext.strip().splitlines()[-1:][0]
+
+
+class Collector:
+    """Gather records from the reports the controller sees (xdist replays workers' reports)."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, Record] = {}
+
+    def add(self, report: pytest.TestReport) -> None:
+        """Fold one phase report into the record of its test."""
+        ident, outcome = identity(report), outcome_of(report)
+        if ident is None or outcome is None:
+            return
+        old = self.records.get(report.nodeid)
+        if old and _RANK[old.outcome] >= _RANK[outcome]:
+            return
+        self.records[report.nodeid] = Record(outcome=outcome, message=message_of(report),
+                                             nodeid=report.nodeid, **ident)
+
+    def sorted(self) -> list[Record]:
+        """Return the records in a stable order."""
+        return sorted(self.records.values(), key=lambda r: (r.adapter, r.model, r.check, r.nodeid))
+
+
+def provenance(device: str) -> dict[str, Any]:
+    """Return what was tested on: Python, platform, package versions and the device."""
+    packages = {}
+    for name in PACKAGES:
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            packages[name] = None
+    return {"python": platform.python_version(), "platform": sys.platform,
+            "machine": platform.machine(), "packages": packages, "device": _device(device)}
+
+
+def _device(device: str) -> dict[str, Any]:
+    info: dict[str, Any] = {"type": device, "name": None}
+    if device == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            info["name"] = torch.cuda.get_device_name()
+    return info
+
+
+def write_report(path: Path, lane: str, device: str, adapters: list[dict[str, Any]],
+                 records: list[Record]) -> dict[str, Any]:
+    """Write the lane results file (sorted keys, no timestamps) and return its content."""
+    payload = {"format_version": FORMAT, "lane": lane, "provenance": provenance(device),
+               "adapters": adapters, "records": [asdict(r) for r in records]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return payload

@@ -1,0 +1,152 @@
+"""Plan the (adapter, model) cases of a run and load each one once per process."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_invarlock.checks import Check, CheckContext, mutates
+from pytest_invarlock.lanes import Lane, admits, unavailable
+from pytest_invarlock.registry import AdapterError, AdapterSpec, Discovery, resolve
+
+
+@dataclass(frozen=True)
+class Case:
+    """One adapter on one model, as the tests are parametrized."""
+
+    adapter: str
+    selector: str
+    model: str
+    path: str | None
+    family: str | None = None
+    role: str | None = None
+    skip: str | None = None
+
+    @property
+    def id(self) -> str:
+        """Return the test-id fragment ``adapter-model``."""
+        return f"{self.adapter}-{self.model}"
+
+
+@dataclass
+class Subject:
+    """A loaded model with the adapter that loaded it and the suite's copy of its state."""
+
+    case: Case
+    adapter: Any
+    model: Any
+    ctx: CheckContext
+    reference: Any = field(repr=False)
+
+    def call(self, check: Check) -> None:
+        """Run ``check``; put the model back afterwards when the check changes it."""
+        try:
+            check(self.adapter, self.model, self.ctx)
+        finally:
+            if mutates(check):
+                from pytest_invarlock import state
+
+                state.reset(self.model, self.reference)
+
+
+def _family(path: str) -> str | None:
+    """Return the model_type in a checkpoint directory's config.json, if it has one."""
+    try:
+        return json.loads((Path(path) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+class Subjects:
+    """Instantiate adapters and load (adapter, model) pairs at most once per process."""
+
+    def __init__(self, lane: Lane, discovery: Discovery) -> None:
+        self.lane = lane
+        self.discovery = discovery
+        self.workdir = Path(tempfile.mkdtemp(prefix="invarlock-work-"))
+        self._adapters: dict[str, Any] = {}
+        self._loaded: dict[tuple[str, str], Subject | Exception] = {}
+
+    def spec(self, selector: str) -> AdapterSpec:
+        """Return the adapter spec for a name or ``module:Class``."""
+        return resolve(selector, self.discovery)
+
+    def adapter(self, selector: str) -> Any:
+        """Return the adapter instance for ``selector`` (raises :class:`AdapterError`)."""
+        if selector not in self._adapters:
+            try:
+                self._adapters[selector] = self.spec(selector).instantiate()
+            except AdapterError as exc:
+                self._adapters[selector] = exc
+        found = self._adapters[selector]
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    def load(self, case: Case) -> Subject:
+        """Return the subject of ``case``, loading the model on first use only."""
+        key = (case.selector, case.path or case.model)
+        if key not in self._loaded:
+            try:
+                self._loaded[key] = self._load(case)
+            except Exception as exc:
+                self._loaded[key] = exc
+        found = self._loaded[key]
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    def _load(self, case: Case) -> Subject:
+        from pytest_invarlock import state
+
+        adapter = self.adapter(case.selector)
+        if not hasattr(adapter, "load_model"):
+            raise AdapterError(f"adapter {case.adapter!r} has no load_model(); the suite needs it "
+                               "to load the models under test")
+        model = adapter.load_model(case.path, device=self.lane.device)
+        ctx = CheckContext(adapter_name=case.adapter, model_label=case.model,
+                           model_path=case.path, device=self.lane.device, workdir=self.workdir,
+                           reference=self.spec(case.selector).origin == "builtin")
+        return Subject(case, adapter, model, ctx, state.capture(model))
+
+    def plan(self, selectors: list[str], models: list[str]) -> list[Case]:
+        """Return the cases of a run: every adapter on every model it loads and handles."""
+        reason = unavailable(self.lane)
+        chosen = selectors or [n for n in sorted(self.discovery.adapters) if self._admits(n)]
+        cases = []
+        for selector in chosen:
+            name = self.spec(selector).name
+            for label, path, family, role in self._models(models):
+                case = Case(name, selector, label, path, family, role, reason)
+                if reason or self._fits(case, explicit=bool(selectors and models)):
+                    cases.append(case)
+        return cases
+
+    def _admits(self, name: str) -> bool:
+        try:
+            return admits(self.lane, self.adapter(name))
+        except AdapterError:
+            return not self.lane.quantized  # keep it, so the error is reported in its tests
+
+    def _models(self, models: list[str]) -> list[tuple[str, str, str | None, str | None]]:
+        """Return (label, path, family, role) of the explicit models or the bundled fixtures."""
+        if models:
+            paths = [str(Path(m).resolve()) if Path(m).exists() else m for m in models]
+            return [(Path(p).name, p, _family(p), None) for p in paths]
+        from pytest_invarlock.fixtures import catalog, fixture_path
+
+        return [(f.name, str(fixture_path(f.name)), f.family, f.role) for f in catalog().values()]
+
+    def _fits(self, case: Case, *, explicit: bool) -> bool:
+        if explicit or unavailable(self.lane):
+            return True
+        try:
+            subject = self.load(case)
+        except AdapterError:
+            return True  # an unusable adapter fails visibly in every test of its cases
+        except Exception:
+            return False  # this adapter cannot load this model: not its model
+        return subject.adapter.can_handle(subject.model) is True
