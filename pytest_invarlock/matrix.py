@@ -1,0 +1,131 @@
+"""Lane results -> ``contracts/support_matrix.json`` (``support-matrix-v1``), deterministically."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+FORMAT = "support-matrix-v1"
+TIERS = {
+    "published_basis": "Every check passes on a real checkpoint, with recorded provenance.",
+    "supported_experimental": "Every check passes on the repository's fixtures.",
+    "community_experimental": "Usable for experiments; no passing evidence in this repository.",
+}
+TIER_RULES = [
+    "published_basis: no check failed or errored, at least one passed, at least one model is a "
+    "real checkpoint (not a bundled fixture), and the lane results carry provenance",
+    "supported_experimental: no check failed or errored and at least one passed, on fixtures",
+    "community_experimental: anything else (failures, errors, or nothing run)",
+    "a lane never gains a tier from adapter availability alone: only from records",
+    "the same lane in several result files: every record counts, so a failure anywhere "
+    "makes the lane failing",
+]
+LABELS = {"published_basis": "Published basis", "supported_experimental":
+          "Supported (experimental)", "community_experimental": "Community (experimental)"}
+ROLE_ADAPTER = {"causal": "hf_causal", "mlm": "hf_mlm", "seq2seq": "hf_seq2seq",
+                "multimodal": "hf_multimodal"}
+
+
+def lane_id(family: str, role: str, adapter: str, runtime: str) -> str:
+    """Return ``family-role-hf-runtime``, suffixed with the adapter when it is not the role's own."""
+    base = f"{family}-{role}-hf-{runtime}"
+    return base if ROLE_ADAPTER.get(role) == adapter else f"{base}-{adapter}"
+
+
+def _status(counts: Counter[str]) -> str:
+    if counts["failed"] or counts["error"]:
+        return "failing"
+    return "passing" if counts["passed"] else "not_run"
+
+
+def _tier(status: str, real: bool, provenance: bool) -> str:
+    if status != "passing":
+        return "community_experimental"
+    return "published_basis" if real and provenance else "supported_experimental"
+
+
+def build(results: list[tuple[str, dict[str, Any]]], fixtures: set[str]) -> dict[str, Any]:
+    """Merge ``(source, lane results)`` pairs into a support matrix; input order does not matter."""
+    lanes: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    for source, payload in sorted(results, key=lambda item: item[0]):
+        for rec in payload["records"]:
+            key = (rec.get("family") or "unknown", rec.get("role") or "unknown", rec["adapter"],
+                   payload["lane"])
+            lane = lanes.setdefault(key, {"counts": Counter(), "models": set(), "failing": set(),
+                                          "sources": set(), "provenance": True})
+            lane["counts"][rec["outcome"]] += 1
+            lane["models"].add(rec["model"])
+            lane["sources"].add(source)
+            lane["provenance"] &= bool(payload.get("provenance"))
+            if rec["outcome"] in ("failed", "error"):
+                lane["failing"].add(rec["check"])
+    entries = [_entry(key, lane, fixtures) for key, lane in sorted(lanes.items())]
+    return {"format_version": FORMAT, "support_tiers": TIERS, "tier_rules": TIER_RULES,
+            "lanes": entries}
+
+
+def _entry(key: tuple[str, str, str, str], lane: dict[str, Any],
+           fixtures: set[str]) -> dict[str, Any]:
+    family, role, adapter, runtime = key
+    real = any(m not in fixtures for m in lane["models"])
+    status = _status(lane["counts"])
+    tier = _tier(status, real, lane["provenance"])
+    return {
+        "lane_id": lane_id(family, role, adapter, runtime), "family": family, "role": role,
+        "runtime": runtime, "adapter": adapter, "support_tier": tier, "evidence_status": status,
+        "docs_label": LABELS[tier], "provenance_source": ", ".join(sorted(lane["sources"])),
+        "evidence": {"models": sorted(lane["models"]), "real_checkpoint": real,
+                     "counts": dict(sorted(lane["counts"].items())),
+                     "failing_checks": sorted(lane["failing"])},
+    }
+
+
+def render(matrix: dict[str, Any]) -> str:
+    """Serialise a matrix the same way every time (sorted keys, two-space indent, final newline)."""
+    return json.dumps(matrix, indent=2, sort_keys=True) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Merge lane result files into the support matrix, or check the committed one is current."""
+    from pytest_invarlock.fixtures import catalog
+    from pytest_invarlock.resources import validate
+
+    parser = argparse.ArgumentParser(prog="python -m pytest_invarlock.matrix",
+                                     description=main.__doc__)
+    parser.add_argument("results", nargs="+", type=Path, help="lane results JSON files")
+    parser.add_argument("--output", type=Path, default=Path("contracts/support_matrix.json"))
+    parser.add_argument("--check", action="store_true",
+                        help="fail with a diff when --output differs instead of rewriting it")
+    args = parser.parse_args(argv)
+    results = []
+    for path in args.results:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        errors = validate(payload, "lane_results")
+        if errors:
+            print(f"{path}: not valid lane results: {'; '.join(errors[:3])}", file=sys.stderr)
+            return 2
+        results.append((path.as_posix(), payload))
+    text = render(build(results, set(catalog())))
+    old = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
+    if args.check:
+        if old != text:
+            sys.stdout.writelines(difflib.unified_diff(
+                old.splitlines(True), text.splitlines(True), f"{args.output} (committed)",
+                f"{args.output} (from evidence)"))
+            print(f"{args.output} is stale; run `nox -s support_matrix` and commit it",
+                  file=sys.stderr)
+            return 1
+        print(f"{args.output} matches the evidence")
+        return 0
+    args.output.write_text(text, encoding="utf-8")
+    print(f"wrote {args.output} ({len(json.loads(text)['lanes'])} lanes)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

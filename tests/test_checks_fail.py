@@ -1,0 +1,85 @@
+"""Every check fails for an adapter with exactly the bug it exists to catch, and says the fix."""
+
+import pytest
+
+import broken_adapters as broken
+from pytest_invarlock.adapters.hf_causal import HFCausalAdapter
+from pytest_invarlock.api import check_adapter
+from pytest_invarlock.checks import all_checks
+
+# (broken adapter, fixture, reference?, the one failing check, words its message must contain)
+CASES = [
+    (broken.NeverHandles, "gpt2", False, "check_can_handle_own_model", ["can_handle", "accept"]),
+    (broken.HandlesEverything, "gpt2", False, "check_can_handle_rejects_foreign_module",
+     ["Linear", "return False"]),
+    (broken.IgnoresDtype, "llama-gqa", False, "check_load_model_honours_dtype",
+     ["torch.bfloat16", "model.embed_tokens.weight", "pass dtype through"]),
+    (broken.TrustsRemoteCode, "gpt2", False, "check_load_model_refuses_remote_code",
+     ["trust_remote_code", "INVARLOCK_ALLOW_REMOTE_CODE=1"]),
+    (broken.DescribeNotJson, "gpt2", False, "check_describe_is_json_serializable",
+     ["describe()['dtype']", "torch.dtype", "convert it"]),
+    (broken.DescribeStringLayers, "gpt2", False, "check_describe_matches_schema",
+     ["n_layer", "is not of type 'integer'"]),
+    (broken.CountsEmbeddingAsLayer, "gpt2", False, "check_describe_layers",
+     ["describe()['n_layer'] is 3", "2 layers", "config.num_hidden_layers"]),
+    (broken.ReportsKvHeadsAsHeads, "llama-gqa-tied", False, "check_describe_heads",
+     ["describe()['heads_per_layer'][0] is 2", "4 attention heads", "num_attention_heads"]),
+    (broken.IgnoresGqaInGqaConfig, "llama-gqa", False, "check_describe_gqa_config",
+     ["['gqa_config']['num_key_value_heads'] is 4", "has 1", "k_proj"]),
+    (broken.OmitsGqaConfig, "llama-gqa", True, "check_describe_gqa_config",
+     ["no 'gqa_config'", "add gqa_config"]),
+    (broken.ReadsConv1DBackwards, "gpt2", False, "check_describe_mlp_dims",
+     ["describe()['mlp_dims'][0] is 64", "256", "Conv1D"]),
+    (broken.ForgetsTies, "llama-gqa-tied", False, "check_describe_tying",
+     ["lm_head.weight = model.embed_tokens.weight", "storage identity"]),
+    (broken.CountsTiedTwice, "gpt2", False, "check_describe_total_params",
+     ["total_params", "shared storage once", "model.parameters()"]),
+    (broken.CallsGqaCausal, "llama-gqa-tied", False, "check_describe_metadata",
+     ["['architecture']['attention_type'] is 'causal'", "'gqa'", "num_key_value_heads"]),
+    (broken.UntiesOnLoad, "gpt2", False, "check_tying_after_load",
+     ["tie_word_embeddings is True", "lm_head.weight", "transformer.wte.weight"]),
+    (broken.TiesByView, "llama-gqa-tied", False, "check_tying_after_to",
+     ["model.to()", "same Parameter object"]),
+    (broken.CopiesTiesByValue, "gpt2", False, "check_restore_reties_tied_weights",
+     ["lm_head.weight", "re-bind"]),
+    (broken.StaleRotaryBuffer, "llama-gqa", False, "check_snapshot_roundtrip_bytes",
+     ["model.rotary_emb.inv_freq", "every buffer"]),
+    (broken.ApproximateChunks, "llama-gqa", False, "check_snapshot_roundtrip_chunked",
+     ["restore_chunked()", "bit-identical", "differs"]),
+    (broken.IgnoresUnknownKeys, "llama-gqa", False, "check_restore_rejects_foreign_snapshot",
+     ["a snapshot of a gpt2 model", "succeeded", "raise"]),
+    (broken.AcceptsPrefixes, "gpt2", False, "check_restore_rejects_truncated_blob",
+     ["truncated to 0", "succeeded"]),
+    (broken.NoChecksum, "gpt2", False, "check_restore_rejects_tampered_blob",
+     ["flipped", "checksums"]),
+    (broken.TrustsManifest, "gpt2", False, "check_restore_rejects_tampered_chunks",
+     ["chunk-00000.safetensors was flipped", "checksums"]),
+    (broken.CastsToSnapshotDtype, "llama-gqa", False, "check_restore_rejects_dtype_mismatch",
+     ["torch.float16", "succeeded"]),
+    (broken.FallsBackToTorchLoad, "gpt2", False, "check_restore_refuses_pickle",
+     ["restore() of a raw pickle", "executed the pickle's payload", "never unpickle"]),
+]
+
+
+def test_every_check_has_a_breaking_case():
+    covered = {case[3] for case in CASES}
+    assert covered == {c.__name__ for c in all_checks()}
+
+
+@pytest.mark.parametrize("fixture", ["gpt2", "llama-gqa-tied", "llama-gqa"])
+def test_reference_adapter_passes_everything(fixture, fixture_dir):
+    results = check_adapter(HFCausalAdapter(), fixture_dir(fixture), reference=True)
+    assert [r for r in results if r.outcome not in ("passed", "skipped")] == []
+
+
+@pytest.mark.parametrize(("adapter", "fixture", "reference", "check", "words"), CASES,
+                         ids=[f"{c[0].__name__}-{c[3]}" for c in CASES])
+def test_broken_adapter_fails_exactly_its_check(adapter, fixture, reference, check, words,
+                                                fixture_dir):
+    results = check_adapter(adapter(), fixture_dir(fixture), reference=reference)
+    failing = {r.check: r.reason for r in results if r.outcome != "passed"
+               and r.outcome != "skipped"}
+    assert set(failing) == {check}, failing
+    assert [r.outcome for r in results if r.check == check] == ["failed"]
+    for word in words:
+        assert word in failing[check]
