@@ -57,21 +57,30 @@ class InvarlockRun:
     def _plan(self) -> list[Any]:
         from pytest_invarlock.subjects import Case
 
-        try:
-            cases = self.subjects.plan(self.selectors, self.models)
-        except AdapterError as exc:
-            raise pytest.UsageError(str(exc)) from None
+        cases = self.subjects.plan(self.selectors, self.models)
         for model in self.models:
             if not any(c.model == Path(model).name for c in cases):
-                raise pytest.UsageError(
-                    f"--invarlock-model={model}: no adapter loads it and accepts it in "
-                    f"can_handle() (tried {', '.join(sorted(self.discovery.adapters))}); name the "
-                    "adapter with --invarlock-adapter")
+                tried = ", ".join(sorted(self.discovery.adapters))
+                error = (f"--invarlock-model={model}: no adapter loads it and accepts it in "
+                         f"can_handle() (tried {tried}); name the adapter with "
+                         "--invarlock-adapter")
+                cases.append(Case("none", "none", Path(model).name, model, error=error))
         if not cases:
             names = ", ".join(sorted(self.discovery.adapters)) or "no adapter"
             reason = NO_CASE.format(lane=self.lane.id, names=names)
             cases = [Case("none", "none", "none", None, skip=reason)]
         return cases
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        """Reject unknown adapters and missing model directories before collecting anything."""
+        try:
+            for selector in self.selectors:
+                self.subjects.spec(selector)
+        except AdapterError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        for model in self.models:
+            if not Path(model).is_dir() and (os.sep in model or model.startswith(".")):
+                raise pytest.UsageError(f"--invarlock-model={model}: no such directory")
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Fold each report into the records (the controller also sees every worker's reports)."""
@@ -95,8 +104,9 @@ class InvarlockRun:
             tr.write_line(line)
         for r in records:
             if r.outcome in ("failed", "error"):
-                tr.write_line(f"{r.outcome.upper()} {r.adapter} on {r.model}: {r.check}: "
-                              f"{r.message}")
+                where = f"{r.adapter} on {r.model}"
+                text = r.message if r.message.startswith(where) else f"{where}: {r.check}: {r.message}"
+                tr.write_line(f"{r.outcome.upper()} {text}")
                 tr.write_line(f"  Reproduce: {self.reproduce(r)}")
         if self.report:
             tr.write_line(f"invarlock: results written to {self.report}")
@@ -175,6 +185,8 @@ def invarlock_subject(request: pytest.FixtureRequest) -> Any:
     case = request.param
     if case.skip:
         pytest.skip(case.skip)
+    if case.error:
+        pytest.fail(case.error, pytrace=False)
     try:
         return request.config.stash[RUN].subjects.load(case)
     except Exception as exc:

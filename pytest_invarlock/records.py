@@ -67,7 +67,8 @@ def message_of(report: pytest.TestReport) -> str:
     if isinstance(longrepr, tuple):
         return str(longrepr[2]).removeprefix("Skipped: ")
     crash = getattr(getattr(longrepr, "reprcrash", None), "message", None)
-    return str(crash) if crash else report.longreprtext.strip().splitlines()[-1:][0]
+    text = str(crash) if crash else (report.longreprtext.strip().splitlines() or [""])[-1]
+    return text.removeprefix("Failed: ")
 
 
 class Collector:

@@ -24,6 +24,7 @@ class Case:
     family: str | None = None
     role: str | None = None
     skip: str | None = None
+    error: str | None = None
 
     @property
     def id(self) -> str:
@@ -74,6 +75,13 @@ class Subjects:
         """Return the adapter spec for a name or ``module:Class``."""
         return resolve(selector, self.discovery)
 
+    def name(self, selector: str) -> str:
+        """Return the adapter's own ``name`` (its registered or class name if it has none)."""
+        try:
+            return str(getattr(self.adapter(selector), "name", self.spec(selector).name))
+        except AdapterError:
+            return self.spec(selector).name
+
     def adapter(self, selector: str) -> Any:
         """Return the adapter instance for ``selector`` (raises :class:`AdapterError`)."""
         if selector not in self._adapters:
@@ -118,7 +126,7 @@ class Subjects:
         chosen = selectors or [n for n in sorted(self.discovery.adapters) if self._admits(n)]
         cases = []
         for selector in chosen:
-            name = self.spec(selector).name
+            name = self.name(selector)
             for label, path, family, role in self._models(models):
                 case = Case(name, selector, label, path, family, role, reason)
                 if reason or self._fits(case, explicit=bool(selectors and models)):

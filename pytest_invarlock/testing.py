@@ -11,10 +11,15 @@ from pytest_invarlock.subjects import Subject
 
 def run_check(subject: Subject, check: Check) -> None:
     """Run ``check`` on ``subject``; fail with the adapter, model and fix, or skip with why."""
-    where = f"{subject.case.adapter} on {subject.case.model}"
+    where = f"{subject.case.adapter} on {subject.case.model}: {check.__name__}"
     try:
         subject.call(check)
     except CheckFailed as exc:
-        pytest.fail(f"{where}: {check.__name__}: {exc}", pytrace=False)
+        failed = str(exc)
     except CheckNotApplicable as exc:
-        pytest.skip(f"{where}: {check.__name__} does not apply: {exc}")
+        skipped = str(exc)
+    else:
+        return
+    if "failed" in locals():  # outside the except block: no chained traceback in the output
+        pytest.fail(f"{where}: {failed}", pytrace=False)
+    pytest.skip(f"{where} does not apply: {skipped}")

@@ -5,10 +5,29 @@ os.environ.pop("INVARLOCK_ALLOW_REMOTE_CODE", None)
 
 import pytest  # noqa: E402
 
+from pytest_invarlock.fixtures import CACHE_ENV, cache_root  # noqa: E402
+
+# pytester moves HOME; pin the fixture cache so every test and subprocess shares one build.
+os.environ[CACHE_ENV] = str(cache_root())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _built_fixtures():
+    """Build every fixture (importing its model classes) before any test runs.
+
+    pytester restores sys.modules after each test; a transformers module first imported inside
+    one would be imported again later, and torch refuses to register its operators twice.
+    """
+    from pytest_invarlock.adapters.hf_causal import HFCausalAdapter
+    from pytest_invarlock.fixtures import catalog, fixture_path
+
+    for name in catalog():
+        HFCausalAdapter().load_model(fixture_path(name), device="cpu")
+
 
 @pytest.fixture(scope="session")
 def fixture_dir():
     """Return a function mapping a fixture name to its built checkpoint directory."""
     from pytest_invarlock.fixtures import fixture_path
 
-    return lambda name: fixture_path(name)
+    return fixture_path

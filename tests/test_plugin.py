@@ -1,0 +1,175 @@
+"""The plugin, end to end, with pytester: options, lanes, reports, xdist, external adapters."""
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from pytest_invarlock.checks import all_checks, describe
+from pytest_invarlock.resources import validate
+
+CONFORMANCE = Path(__file__).parents[1] / "conformance"
+N_CHECKS = len(all_checks())
+
+
+@pytest.fixture
+def suite(pytester, monkeypatch):
+    shutil.copytree(CONFORMANCE, pytester.path / "conformance")
+    monkeypatch.setenv("PYTHONPATH", str(pytester.path))
+    return pytester
+
+
+def records(path):
+    payload = json.loads(Path(path).read_text())
+    assert validate(payload, "lane_results") == []
+    return payload, {(r["adapter"], r["model"], r["check"], r["outcome"]) for r in payload["records"]}
+
+
+def test_cpu_lane_writes_a_valid_report_with_one_record_per_check(suite, fixture_dir):
+    model = fixture_dir("gpt2")
+    result = suite.runpytest_subprocess(
+        "conformance", "--invarlock-lane=cpu", "--invarlock-adapter=hf_causal",
+        f"--invarlock-model={model}", "--invarlock-report=r.json", "--strict-markers")
+    result.assert_outcomes(passed=N_CHECKS - 1, skipped=1)
+    payload, recs = records(suite.path / "r.json")
+    assert len(payload["records"]) == len(recs) == N_CHECKS
+    assert {r[1] for r in recs} == {model.name}
+    assert payload["lane"] == "cpu" and payload["adapters"][0]["origin"] == "builtin"
+    result.stdout.fnmatch_lines(["*invarlock: lane cpu*", "*invarlock lane cpu*",
+                                 f"hf_causal {model.name}*{N_CHECKS - 1}*0*0*1*"])
+
+
+def test_xdist_gives_the_same_records_as_one_process(suite):
+    args = ["conformance", "--invarlock-adapter=hf_llama", "-p", "xdist"]
+    suite.runpytest_subprocess(*args, "-n", "0", "--invarlock-report=a.json")
+    suite.runpytest_subprocess(*args, "-n", "2", "--invarlock-report=b.json")
+    _, one = records(suite.path / "a.json")
+    _, two = records(suite.path / "b.json")
+    assert one == two and len(one) == 2 * N_CHECKS
+
+
+MINE = """
+from pytest_invarlock.adapters.hf_causal import HFCausalAdapter
+
+class Mine(HFCausalAdapter):
+    name = "mine"
+
+class MineWrongHeads(HFCausalAdapter):
+    name = "wrong"
+
+    def describe(self, model):
+        return {**super().describe(model), "heads_per_layer": [1, 1]}
+
+class NotAnAdapter:
+    name = "nothing"
+"""
+
+
+def test_external_adapter_and_model_run_the_same_checks(suite, fixture_dir, tmp_path):
+    elsewhere = tmp_path / "ext"
+    elsewhere.mkdir()
+    (elsewhere / "my_adapters.py").write_text(MINE)
+    model = fixture_dir("llama-gqa")
+    result = suite.runpytest_subprocess(
+        "conformance", "--invarlock-adapter=my_adapters:Mine", f"--invarlock-model={model}",
+        "--invarlock-report=r.json", f"--rootdir={suite.path}",
+        "-o", f"pythonpath={elsewhere}")
+    result.assert_outcomes(passed=N_CHECKS - 2, skipped=2)
+    payload, recs = records(suite.path / "r.json")
+    assert {r[0] for r in recs} == {"mine"} and len(recs) == N_CHECKS
+    assert payload["adapters"][0]["origin"] == "path"
+
+
+def test_failure_names_adapter_model_fix_and_how_to_reproduce(suite, fixture_dir):
+    (suite.path / "my_adapters.py").write_text(MINE)
+    model = fixture_dir("llama-gqa-tied")
+    result = suite.runpytest_subprocess(
+        "conformance/test_describe.py", "--invarlock-adapter=my_adapters:MineWrongHeads",
+        f"--invarlock-model={model}")
+    result.assert_outcomes(passed=len(describe.CHECKS) - 1, failed=1)
+    result.stdout.fnmatch_lines([
+        "FAILED wrong on llama-gqa-tied-*: check_describe_heads: describe()*heads_per_layer*"
+        " is 1, layer 0 has 4 attention heads. Read config.num_attention_heads*",
+        "*Reproduce: pytest 'conformance/test_describe.py::test_describe*check_describe_heads*'"
+        " --invarlock-lane=cpu --invarlock-adapter=my_adapters:MineWrongHeads*"])
+
+
+def test_class_without_the_protocol_is_an_error_naming_the_members(suite, fixture_dir):
+    (suite.path / "my_adapters.py").write_text(MINE)
+    result = suite.runpytest_subprocess(
+        "conformance/test_loading.py", "--invarlock-adapter=my_adapters:NotAnAdapter",
+        f"--invarlock-model={fixture_dir('gpt2')}")
+    result.assert_outcomes(errors=4)
+    result.stdout.fnmatch_lines(["*lacks can_handle, describe, snapshot, restore*"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_lane_is_skipped_with_the_reason(suite):
+    result = suite.runpytest_subprocess("conformance/test_loading.py", "--invarlock-lane=cuda",
+                                        "-rs", "--invarlock-adapter=hf_gpt2")
+    result.assert_outcomes(skipped=4 * 3)
+    result.stdout.fnmatch_lines(["*lane cuda needs a CUDA device*"])
+
+
+def test_quant_lane_without_quantized_adapters_says_so(suite):
+    result = suite.runpytest_subprocess("conformance/test_loading.py",
+                                        "--invarlock-lane=cpu-quant", "-rs")
+    result.assert_outcomes(skipped=4)
+    result.stdout.fnmatch_lines(["*no adapter of lane cpu-quant is installed*quantized = True*"])
+
+
+def test_unknown_adapter_is_a_usage_error(suite):
+    result = suite.runpytest_subprocess("conformance", "--invarlock-adapter=nope")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--invarlock-adapter=nope: no adapter of that name*hf_causal*"])
+
+
+def test_missing_model_directory_is_a_usage_error(suite, tmp_path):
+    result = suite.runpytest_subprocess("conformance", f"--invarlock-model={tmp_path}/nothing")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--invarlock-model={tmp_path}/nothing: no such directory*"])
+
+
+def test_model_no_adapter_accepts_errors_with_the_reason(suite, tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "not_a_model"}')
+    result = suite.runpytest_subprocess("conformance/test_loading.py",
+                                        f"--invarlock-model={tmp_path}")
+    result.assert_outcomes(errors=4)
+    result.stdout.fnmatch_lines([f"*--invarlock-model={tmp_path}: no adapter loads it*"])
+
+
+def test_unknown_lane_is_rejected(suite):
+    result = suite.runpytest_subprocess("--invarlock-lane=tpu")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_plugin_can_be_disabled(pytester):
+    pytester.makepyfile("def test_plain():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:invarlock", "--strict-markers")
+    result.assert_outcomes(passed=1)
+    result = pytester.runpytest_subprocess("-p", "no:invarlock", "--invarlock-lane=cpu")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_marker_is_registered(pytester):
+    pytester.makepyfile(textwrap.dedent("""
+        import pytest
+
+        @pytest.mark.invarlock_unrelated
+        def test_other():
+            pass
+    """))
+    result = pytester.runpytest_subprocess("--strict-markers", "--markers")
+    result.stdout.fnmatch_lines(["@pytest.mark.invarlock(checks):*"])
+
+
+def test_importing_the_plugin_imports_no_torch():
+    code = "import sys, pytest_invarlock.plugin, pytest_invarlock; print(sorted(m for m in " \
+           "('torch', 'transformers', 'safetensors') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
