@@ -19,8 +19,8 @@ REQUIRED_DESCRIBE_KEYS: tuple[str, ...] = ("n_layer", "heads_per_layer", "mlp_di
 class ModelAdapter(Protocol):
     """Load a model, describe its structure, and snapshot/restore its state.
 
-    ``snapshot`` returns a bytes-like buffer (``bytes`` or ``bytearray``); ``restore`` accepts any
-    bytes-like buffer and either fully succeeds or raises and leaves the model untouched.
+    ``snapshot`` returns a bytes-like buffer (``bytes``, ``bytearray`` or ``memoryview``);
+    ``restore`` accepts any bytes-like buffer and either fully succeeds or raises and leaves the model untouched.
     """
 
     name: str

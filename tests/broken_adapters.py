@@ -182,7 +182,7 @@ class AcceptsPrefixes(HFCausalAdapter):
 
     last: bytes = b""
 
-    def snapshot(self, model: nn.Module) -> bytearray:
+    def snapshot(self, model: nn.Module) -> memoryview:
         blob = super().snapshot(model)
         self.last = bytes(blob)
         return blob
@@ -200,6 +200,8 @@ def _aliases(blob: bytes) -> dict[str, str]:
 
 def _apply(model: nn.Module, tensors: dict[str, torch.Tensor], aliases: dict[str, str]) -> None:
     slots = snap.model_slots(model)
+    if set(tensors) - set(slots):
+        raise SnapshotError(f"snapshot has keys not in the model: {sorted(set(tensors) - set(slots))}")
     for name, slot in slots.items():
         src = tensors.get(name, tensors.get(aliases.get(name, "")))
         if src is None or src.shape != slot.tensor.shape or src.dtype != slot.tensor.dtype:

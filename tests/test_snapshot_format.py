@@ -88,7 +88,7 @@ def test_snapshot_copies_straight_into_the_buffer(model, monkeypatch):
     monkeypatch.setattr(safetensors.torch, "save", None)
     monkeypatch.setattr(torch.Tensor, "clone", None)
     blob = snap.snapshot_bytes(model)
-    assert isinstance(blob, bytearray)
+    assert isinstance(blob, memoryview) and blob.readonly
 
 
 def test_chunked_restore_reads_directly_into_parameters(model, tmp_path, monkeypatch):

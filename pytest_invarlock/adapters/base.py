@@ -60,8 +60,8 @@ class HFAdapterBase:
             model = model.to(resolve_device(device))
         return model.eval()
 
-    def snapshot(self, model: nn.Module) -> bytearray:
-        """Return every parameter and buffer as one safetensors buffer (no pickle)."""
+    def snapshot(self, model: nn.Module) -> memoryview:
+        """Return every parameter and buffer as one read-only safetensors buffer (no pickle)."""
         return snap.snapshot_bytes(model)
 
     def restore(self, model: nn.Module, blob: bytes | bytearray | memoryview) -> None:

@@ -161,25 +161,29 @@ def _frombuffer(buf: object, dtype: torch.dtype, count: int, offset: int) -> tor
 # --------------------------------------------------------------------------- bytes snapshots
 
 
-def snapshot_bytes(model: nn.Module) -> bytearray:
-    """Return ``model``'s parameters and buffers as one safetensors buffer (a ``bytearray``)."""
+def snapshot_bytes(model: nn.Module) -> memoryview:
+    """Return ``model``'s parameters and buffers as one read-only safetensors buffer.
+
+    The buffer is allocated uninitialised (``bytearray(n)`` would zero-fill, touching every page
+    once more) and each tensor is copied straight into its slot, from any device.
+    """
     tensors, aliases = unique_tensors(model)
     specs = _layout(tensors)
-    meta = _metadata(aliases, {s.name: "0" * 8 for s in specs})
-    header = _header_bytes(specs, meta)
+    header = _header_bytes(specs, _metadata(aliases, {s.name: "0" * 8 for s in specs}))
     start = 8 + len(header)
-    buf = bytearray(start + (specs[-1].end if specs else 0))
-    view = memoryview(buf)
+    out = torch.empty(start + (specs[-1].end if specs else 0), dtype=torch.uint8)
+    view = memoryview(out.numpy())
     crcs: dict[str, str] = {}
-    for s in specs:
-        if s.nbytes:
-            _frombuffer(buf, torch.uint8, s.nbytes, start + s.begin).copy_(_byte_view(tensors[s.name]))
-        crcs[s.name] = f"{zlib.crc32(view[start + s.begin:start + s.end]):08x}"
+    with torch.no_grad():
+        for s in specs:
+            if s.nbytes:
+                slot = out[start + s.begin:start + s.end].view(s.dtype).view(s.shape)
+                slot.copy_(tensors[s.name].detach())
+            crcs[s.name] = f"{zlib.crc32(view[start + s.begin:start + s.end]):08x}"
     final = _header_bytes(specs, _metadata(aliases, crcs))
     assert len(final) == len(header)
-    buf[:8] = len(final).to_bytes(8, "little")
-    buf[8:start] = final
-    return buf
+    view[:start] = len(final).to_bytes(8, "little") + final
+    return view.toreadonly()
 
 
 def _metadata(aliases: dict[str, str], crcs: dict[str, str]) -> dict[str, str]:

@@ -42,8 +42,8 @@ def roundtrip(model: nn.Module, take: Callable[[], object],
 
 def _check_bytes_like(blob: object) -> None:
     if not isinstance(blob, (bytes, bytearray, memoryview)):
-        raise CheckFailed(f"snapshot() returned {type(blob).__name__}; return bytes (or a "
-                          "bytearray) so callers can store and hash it")
+        raise CheckFailed(f"snapshot() returned {type(blob).__name__}; return bytes (or another "
+                          "bytes-like buffer) so callers can store and hash it")
 
 
 @check(mutates=True)
