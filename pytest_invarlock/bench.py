@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         figures["snapshot_bytes"] = (seconds, peak)
         seconds, peak, _ = measure(lambda: adapter.restore(model, blob))
         figures["restore_bytes"] = (seconds, peak)
-        del blob
+        blob = None
         seconds, peak, path = measure(
             lambda: adapter.snapshot_chunked(model, directory=str(tmp)))
         figures["snapshot_chunked"] = (seconds, peak)
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         figures["safetensors.load_file+copy"] = (seconds, peak)
         seconds, peak, raw = measure(lambda: safetensors.torch.save(tensors))
         figures["safetensors.save (bytes)"] = (seconds, peak)
-        seconds, peak, loaded = measure(lambda: safetensors.torch.load(raw))
+        seconds, peak, _ = measure(lambda: safetensors.torch.load(raw))
         figures["safetensors.load (bytes)"] = (seconds, peak)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

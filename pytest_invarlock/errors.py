@@ -7,11 +7,11 @@ class CheckFailed(AssertionError):
     """A conformance check found the adapter wrong; the message says where and how to fix it."""
 
 
-class CheckNotApplicable(Exception):  # noqa: N818 - reads as a sentence in skip reasons
+class CheckNotApplicable(Exception):
     """A check does not apply to this adapter or model; the message says why."""
 
 
-class TruthUnavailable(RuntimeError):  # noqa: N818
+class TruthUnavailable(RuntimeError):
     """The suite cannot derive the expected structure of a model (a gap in the suite, not a pass)."""
 
 
@@ -19,5 +19,5 @@ class SnapshotError(ValueError):
     """A snapshot cannot be restored into this model; nothing in the model was changed."""
 
 
-class RemoteCodeRefused(PermissionError):  # noqa: N818
+class RemoteCodeRefused(PermissionError):
     """Loading would execute code shipped with the checkpoint and the caller did not opt in."""

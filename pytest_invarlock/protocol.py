@@ -20,7 +20,8 @@ class ModelAdapter(Protocol):
     """Load a model, describe its structure, and snapshot/restore its state.
 
     ``snapshot`` returns a bytes-like buffer (``bytes``, ``bytearray`` or ``memoryview``);
-    ``restore`` accepts any bytes-like buffer and either fully succeeds or raises and leaves the model untouched.
+    ``restore`` accepts any bytes-like buffer and either fully succeeds or raises and leaves the
+    model untouched.
     """
 
     name: str

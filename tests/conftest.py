@@ -3,9 +3,9 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.pop("INVARLOCK_ALLOW_REMOTE_CODE", None)
 
-import pytest  # noqa: E402
+import pytest
 
-from pytest_invarlock.fixtures import CACHE_ENV, cache_root  # noqa: E402
+from pytest_invarlock.fixtures import CACHE_ENV, cache_root
 
 # pytester moves HOME; pin the fixture cache so every test and subprocess shares one build.
 os.environ[CACHE_ENV] = str(cache_root())

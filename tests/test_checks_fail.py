@@ -1,8 +1,8 @@
 """Every check fails for an adapter with exactly the bug it exists to catch, and says the fix."""
 
+import broken_adapters as broken
 import pytest
 
-import broken_adapters as broken
 from pytest_invarlock.adapters.hf_causal import HFCausalAdapter
 from pytest_invarlock.api import check_adapter
 from pytest_invarlock.checks import all_checks

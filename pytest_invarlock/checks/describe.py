@@ -91,7 +91,7 @@ def _per_layer(desc: dict[str, Any], key: str, expected: list[int], what: str, f
     if len(got) != len(expected):
         raise CheckFailed(f"describe()['{key}'] has {len(got)} entries, the model has "
                           f"{len(expected)} layers; report one {what} per layer")
-    for i, (g, e) in enumerate(zip(got, expected)):
+    for i, (g, e) in enumerate(zip(got, expected, strict=True)):
         if g != e:
             raise CheckFailed(f"describe()['{key}'][{i}] is {g}, layer {i} has {e} {what}. {fix}")
 
@@ -203,7 +203,7 @@ def _metadata_expectations(truth: truth_mod.Truth) -> dict[str, tuple[set[str], 
 
 @check()
 def check_describe_metadata(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
-    """Optional describe() fields (model_type, model_class, device, architecture.*) are right when present."""  # noqa: E501
+    """Optional describe() fields (model_type, model_class, device, architecture.*) are right when present."""
     desc, truth = _valid(adapter, model)
     reported = 0
     for key, (allowed, fix) in _metadata_expectations(truth).items():
