@@ -70,15 +70,16 @@ class NotAnAdapter:
 """
 
 
-def test_external_adapter_and_model_run_the_same_checks(suite, fixture_dir, tmp_path):
+def test_external_adapter_and_model_run_the_same_checks(suite, fixture_dir, tmp_path,
+                                                        monkeypatch):
     elsewhere = tmp_path / "ext"
     elsewhere.mkdir()
     (elsewhere / "my_adapters.py").write_text(MINE)
+    monkeypatch.setenv("PYTHONPATH", str(elsewhere))  # a module outside the project
     model = fixture_dir("llama-gqa")
     result = suite.runpytest_subprocess(
         "conformance", "--invarlock-adapter=my_adapters:Mine", f"--invarlock-model={model}",
-        "--invarlock-report=r.json", f"--rootdir={suite.path}",
-        "-o", f"pythonpath={elsewhere}")
+        "--invarlock-report=r.json")
     result.assert_outcomes(passed=N_CHECKS - 2, skipped=2)
     payload, recs = records(suite.path / "r.json")
     assert {r[0] for r in recs} == {"mine"} and len(recs) == N_CHECKS
