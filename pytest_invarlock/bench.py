@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import safetensors.torch
     import torch
 
-    from pytest_invarlock.adapters.hf_causal import HFCausalAdapter
+    from pytest_invarlock.adapters.roles import HFCausalAdapter
 
     torch.set_num_threads(args.threads)
     model = build_llama(args.layers, args.hidden, args.intermediate, args.vocab)

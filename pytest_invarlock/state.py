@@ -142,15 +142,21 @@ def _rebind(model: nn.Module, group: tuple[str, ...]) -> None:
 def logits(model: nn.Module) -> torch.Tensor:
     """Run a fixed batch of token ids through ``model`` in eval mode and return its logits."""
     config = getattr(model, "config", None)
-    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    vocab = int(getattr(text, "vocab_size", 0) or 0)
     if vocab <= 0:
         raise ValueError(f"{type(model).__name__} has no config.vocab_size to build input ids from")
     device = next(model.parameters()).device
-    ids = (torch.arange(2 * 8).reshape(2, 8) * 7 + 3) % vocab
+    ids = ((torch.arange(2 * 8).reshape(2, 8) * 7 + 3) % vocab).to(device)
+    inputs = {"input_ids": ids}
+    if getattr(config, "is_encoder_decoder", False):
+        inputs["decoder_input_ids"] = ids
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return model(input_ids=ids.to(device)).logits.detach().cpu()
+            out = model(**inputs)
     finally:
         model.train(was_training)
+    found = getattr(out, "logits", None)
+    return (found if found is not None else out.last_hidden_state).detach().cpu()

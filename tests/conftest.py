@@ -18,7 +18,7 @@ def _built_fixtures():
     pytester restores sys.modules after each test; a transformers module first imported inside
     one would be imported again later, and torch refuses to register its operators twice.
     """
-    from pytest_invarlock.adapters.hf_causal import HFCausalAdapter
+    from pytest_invarlock.adapters.roles import HFCausalAdapter
     from pytest_invarlock.fixtures import catalog, fixture_path
 
     for name in catalog():

@@ -3,7 +3,7 @@
 import broken_adapters as broken
 import pytest
 
-from pytest_invarlock.adapters.hf_causal import HFCausalAdapter
+from pytest_invarlock.adapters.roles import HFCausalAdapter
 from pytest_invarlock.api import check_adapter
 from pytest_invarlock.checks import all_checks
 

@@ -7,7 +7,7 @@ import torch
 import transformers
 
 from pytest_invarlock.adapters import base
-from pytest_invarlock.adapters.hf_causal import HFCausalAdapter
+from pytest_invarlock.adapters.roles import HFCausalAdapter
 from pytest_invarlock.errors import RemoteCodeRefused
 from pytest_invarlock.fixtures import CACHE_ENV, catalog, fixture_path, probe_path
 

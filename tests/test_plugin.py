@@ -54,7 +54,7 @@ def test_xdist_gives_the_same_records_as_one_process(suite):
 
 
 MINE = """
-from pytest_invarlock.adapters.hf_causal import HFCausalAdapter
+from pytest_invarlock.adapters.roles import HFCausalAdapter
 
 class Mine(HFCausalAdapter):
     name = "mine"

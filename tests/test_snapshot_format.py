@@ -10,7 +10,7 @@ import torch
 
 from pytest_invarlock import state
 from pytest_invarlock.adapters import snapshot as snap
-from pytest_invarlock.adapters.hf_causal import HFCausalAdapter
+from pytest_invarlock.adapters.roles import HFCausalAdapter
 from pytest_invarlock.errors import SnapshotError
 
 

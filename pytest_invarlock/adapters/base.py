@@ -50,12 +50,15 @@ class HFAdapterBase:
         ``dtype``, ``device_map``, ``low_cpu_mem_usage``, ``revision`` and ``cache_dir`` are passed
         through unchanged. Without ``device_map`` the model is moved to ``device``.
         """
+        guard_remote_code(str(model_id), hf_kwargs)
+        return self._load(self.auto_class, model_id, device, hf_kwargs)
+
+    def _load(self, auto_class: str, model_id: str | os.PathLike[str], device: str,
+              hf_kwargs: dict[str, Any]) -> nn.Module:
         import transformers
 
         model_id = str(Path(model_id)) if isinstance(model_id, os.PathLike) else model_id
-        guard_remote_code(model_id, hf_kwargs)
-        loader = getattr(transformers, self.auto_class)
-        model = loader.from_pretrained(model_id, **hf_kwargs)
+        model = getattr(transformers, auto_class).from_pretrained(model_id, **hf_kwargs)
         if hf_kwargs.get("device_map") is None:
             model = model.to(resolve_device(device))
         return model.eval()

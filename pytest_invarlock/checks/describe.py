@@ -100,9 +100,9 @@ def _per_layer(desc: dict[str, Any], key: str, expected: list[int], what: str, f
 def check_describe_heads(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
     """describe()['heads_per_layer'] is the number of query heads of every layer."""
     desc, truth = _valid(adapter, model)
-    _per_layer(desc, "heads_per_layer", [truth.heads] * truth.n_layer, "attention heads",
-               f"Read config.num_attention_heads ({truth.heads}); query heads are not K/V heads "
-               f"({truth.kv_heads})")
+    _per_layer(desc, "heads_per_layer", list(truth.heads), "attention heads",
+               f"Report query heads (config: {truth.heads[0]}), not K/V heads "
+               f"({truth.kv_heads[0]}); for encoder-decoders list encoder layers, then decoder")
 
 
 @check()
@@ -110,22 +110,22 @@ def check_describe_gqa_config(adapter: Any, model: nn.Module, ctx: CheckContext)
     """describe()['gqa_config'] matches the model's query/KV heads (required from reference adapters for GQA models)."""  # noqa: E501
     desc, truth = _valid(adapter, model)
     gqa = desc.get("gqa_config")
+    heads, kv = truth.heads[0], truth.kv_heads[0]
     if gqa is None:
         if truth.is_gqa and ctx.reference:
             raise CheckFailed(f"describe() has no 'gqa_config' but the model uses GQA "
-                              f"({truth.heads} query heads, {truth.kv_heads} K/V heads); add "
-                              "gqa_config with num_attention_heads, num_key_value_heads, head_dim "
-                              "and gqa_ratio")
+                              f"({heads} query heads, {kv} K/V heads); add gqa_config with "
+                              "num_attention_heads, num_key_value_heads, head_dim and gqa_ratio")
         raise CheckNotApplicable("describe() reports no gqa_config (optional for this adapter)")
-    expected = {"num_attention_heads": truth.heads, "num_key_value_heads": truth.kv_heads,
-                "head_dim": truth.head_dim, "gqa_ratio": truth.heads / truth.kv_heads}
+    expected = {"num_attention_heads": heads, "num_key_value_heads": kv,
+                "head_dim": truth.head_dim, "gqa_ratio": heads / kv}
     for key, want in expected.items():
         if key in gqa and gqa[key] != want:
             raise CheckFailed(
                 f"describe()['gqa_config']['{key}'] is {gqa[key]}, the model has {want} "
-                f"(config: {truth.heads} query heads, {truth.kv_heads} K/V heads of dim "
-                f"{truth.head_dim}, k_proj out_features {truth.kv_heads * truth.head_dim}). Read "
-                "num_key_value_heads from the config or from k_proj")
+                f"(config: {heads} query heads, {kv} K/V heads of dim {truth.head_dim}, "
+                f"k_proj out_features {kv * truth.head_dim}). Read num_key_value_heads from the "
+                "config or from k_proj")
 
 
 @check()
@@ -134,6 +134,26 @@ def check_describe_mlp_dims(adapter: Any, model: nn.Module, ctx: CheckContext) -
     desc, truth = _valid(adapter, model)
     _per_layer(desc, "mlp_dims", list(truth.mlp_dims), "MLP hidden units",
                "Read the up-projection's output width (Conv1D stores it as weight.shape[1])")
+
+
+@check()
+def check_describe_experts(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
+    """describe()['architecture'] reports a mixture-of-experts model's expert count and top-k."""
+    desc, truth = _valid(adapter, model)
+    if truth.experts is None:
+        raise CheckNotApplicable("the model has no mixture-of-experts layers")
+    arch = desc.get("architecture") or {}
+    expected = {"num_experts": truth.experts, "num_experts_per_tok": truth.experts_per_token}
+    for key, want in expected.items():
+        if key not in arch:
+            if ctx.reference:
+                raise CheckFailed(f"describe()['architecture'] has no '{key}' for a "
+                                  f"mixture-of-experts model ({want}); add it")
+            raise CheckNotApplicable(f"describe() reports no architecture.{key} (optional)")
+        if arch[key] != want:
+            raise CheckFailed(f"describe()['architecture']['{key}'] is {arch[key]}, the model has "
+                              f"{want} (config and the experts' weight shape {truth.experts} x ...)"
+                              "; read the expert count off the expert weights or the config")
 
 
 def _groups_of(tying: dict[str, str]) -> set[frozenset[str]]:
@@ -231,6 +251,7 @@ CHECKS = (
     check_describe_heads,
     check_describe_gqa_config,
     check_describe_mlp_dims,
+    check_describe_experts,
     check_describe_tying,
     check_describe_total_params,
     check_describe_metadata,

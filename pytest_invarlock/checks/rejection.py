@@ -69,14 +69,21 @@ def _foreign_models(model: nn.Module) -> list[tuple[str, nn.Module]]:
     other = next(f for f in catalog().values() if f.config["model_type"] != model_type)
     found = [(f"a {other.family} model", build_model(other))]
     if config is not None and hasattr(config, "num_hidden_layers"):
-        deeper = type(config).from_dict(config.to_dict())
+        settings = config.to_dict()
+        settings.pop("layer_types", None)  # sized to the old depth; rebuilt from the new one
+        deeper = type(config).from_dict(settings)
         deeper.num_hidden_layers = config.num_hidden_layers + 1
         try:
-            found.append((f"{type(model).__name__} with one more layer",
-                          type(model)(deeper).eval()))
-        except (ValueError, TypeError):
-            pass
+            other_model = type(model)(deeper).eval()
+        except Exception:  # noqa: BLE001 - a config the class cannot deepen: no such variant
+            return found
+        if _shapes(other_model) != _shapes(model):  # ALBERT shares layers: same state, no test
+            found.append((f"{type(model).__name__} with one more layer", other_model))
     return found
+
+
+def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {n: tuple(t.shape) for n, (t, _) in state.named_tensors(model).items()}
 
 
 @check(mutates=True)

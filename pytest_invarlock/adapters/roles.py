@@ -1,0 +1,161 @@
+"""The role adapters of spec 001: hf_causal, hf_mlm, hf_seq2seq, hf_multimodal (+ legacy names)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from torch import nn
+
+from pytest_invarlock.adapters import structure
+from pytest_invarlock.adapters.base import HFAdapterBase
+
+MLM_FAMILIES = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "distilbert", "albert",
+                          "electra", "deberta", "deberta-v2", "mpnet", "modernbert"})
+SEQ2SEQ_FAMILIES = frozenset({"t5", "mt5", "umt5", "bart", "mbart", "pegasus", "marian"})
+
+
+class HFRoleAdapter(HFAdapterBase):
+    """Describe any transformer stack from its modules; subclasses say which models they take."""
+
+    #: attention_type reported for this role (causal models refine it to gqa/mqa).
+    attention: ClassVar[str] = "causal"
+    #: Class-name suffixes this adapter accepts.
+    suffixes: ClassVar[tuple[str, ...]] = ()
+    #: ``config.model_type`` values accepted; empty means every model of the role.
+    families: ClassVar[frozenset[str]] = frozenset()
+
+    def can_handle(self, model: Any) -> bool:
+        """Return whether ``model`` is a transformers model of this role (and family)."""
+        config = getattr(model, "config", None)
+        if not isinstance(model, nn.Module) or config is None:
+            return False
+        if self.families and getattr(config, "model_type", None) not in self.families:
+            return False
+        return self._accepts(model, config)
+
+    def _accepts(self, model: nn.Module, config: Any) -> bool:
+        return type(model).__name__.endswith(self.suffixes)
+
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        """Describe layers, heads, MLP widths, ties and architecture from modules and config."""
+        config = structure.text_config(model)
+        heads, kv, mlp = [], [], []
+        for name, layers in structure.stacks(model):
+            h, k = structure.head_counts(config, name)
+            heads += [h] * len(layers)
+            kv += [k] * len(layers)
+            mlp += [structure.mlp_width(layer) for layer in layers]
+        desc: dict[str, Any] = {
+            "n_layer": len(heads), "heads_per_layer": heads, "mlp_dims": mlp,
+            "tying": structure.tying(model),
+            "model_type": str(model.config.model_type),
+            "model_class": type(model).__name__,
+            "total_params": sum(p.numel() for p in model.parameters()),
+            "device": str(next(model.parameters()).device),
+            "architecture": self._architecture(model, config, heads[0], kv[0]),
+        }
+        if kv[0] != heads[0]:
+            desc["gqa_config"] = {"num_attention_heads": heads[0], "num_key_value_heads": kv[0],
+                                  "head_dim": structure.head_dim(config, heads[0]),
+                                  "gqa_ratio": heads[0] / kv[0]}
+        return desc
+
+    def _architecture(self, model: nn.Module, config: Any, heads: int, kv: int) -> dict[str, Any]:
+        attention = self.attention
+        if attention == "causal" and kv != heads:
+            attention = "mqa" if kv == 1 else "gqa"
+        first_layer = structure.stacks(model)[0][1][0]
+        arch: dict[str, Any] = {
+            "attention_type": attention,
+            "normalization_type": structure.normalization(model),
+            "activation": structure.activation(config, first_layer),
+            "positional_encoding": structure.positional(model, config),
+        }
+        experts = structure.experts(model)
+        if experts is not None:
+            arch["num_experts"] = experts
+            arch["num_experts_per_tok"] = int(config.num_experts_per_tok)
+        return arch
+
+
+class HFCausalAdapter(HFRoleAdapter):
+    """Decoder-only causal LMs (dense, MoE, GPT-2 like), loaded with AutoModelForCausalLM."""
+
+    name: ClassVar[str] = "hf_causal"
+    auto_class: ClassVar[str] = "AutoModelForCausalLM"
+    suffixes: ClassVar[tuple[str, ...]] = ("ForCausalLM", "LMHeadModel")
+
+    def _accepts(self, model: nn.Module, config: Any) -> bool:
+        """Refuse encoder and encoder-decoder families, even loaded as *ForCausalLM/LMHeadModel."""
+        family = getattr(config, "model_type", None)
+        if family in MLM_FAMILIES | SEQ2SEQ_FAMILIES or getattr(config, "is_encoder_decoder", False):
+            return False
+        return super()._accepts(model, config)
+
+
+class HFGPT2Adapter(HFCausalAdapter):
+    """Legacy ``hf_gpt2`` (spec 000): GPT-2 style models only."""
+
+    name: ClassVar[str] = "hf_gpt2"
+    families: ClassVar[frozenset[str]] = frozenset({"gpt2"})
+
+
+class HFLlamaAdapter(HFCausalAdapter):
+    """Legacy ``hf_llama`` (spec 000): LLaMA and its close relatives."""
+
+    name: ClassVar[str] = "hf_llama"
+    families: ClassVar[frozenset[str]] = frozenset({"llama", "mistral", "qwen2", "qwen3", "yi"})
+
+
+class HFMLMAdapter(HFRoleAdapter):
+    """BERT-family encoders: the MLM model when the checkpoint has its head, else the base model."""
+
+    name: ClassVar[str] = "hf_mlm"
+    auto_class: ClassVar[str] = "AutoModelForMaskedLM"
+    attention: ClassVar[str] = "bidirectional"
+    families: ClassVar[frozenset[str]] = MLM_FAMILIES
+
+    def _accepts(self, model: nn.Module, config: Any) -> bool:
+        return not getattr(config, "is_encoder_decoder", False)
+
+    def load_model(self, model_id: Any, device: str = "auto", **hf_kwargs: Any) -> nn.Module:
+        """Load with AutoModelForMaskedLM, or AutoModel when config.architectures has no MLM head."""
+        import transformers
+
+        from pytest_invarlock.adapters.base import guard_remote_code
+
+        guard_remote_code(str(model_id), hf_kwargs)
+        keys = ("revision", "cache_dir", "trust_remote_code")
+        config = transformers.AutoConfig.from_pretrained(
+            str(model_id), **{k: hf_kwargs[k] for k in keys if k in hf_kwargs})
+        heads = [a for a in (config.architectures or []) if a.endswith("ForMaskedLM")]
+        loader = "AutoModelForMaskedLM" if heads or not config.architectures else "AutoModel"
+        return self._load(loader, model_id, device, hf_kwargs)
+
+
+class HFBertAdapter(HFMLMAdapter):
+    """Legacy ``hf_bert`` (spec 000): the BERT-family encoders."""
+
+    name: ClassVar[str] = "hf_bert"
+
+
+class HFSeq2SeqAdapter(HFRoleAdapter):
+    """Encoder-decoder LMs (T5, BART): both stacks described, encoder first."""
+
+    name: ClassVar[str] = "hf_seq2seq"
+    auto_class: ClassVar[str] = "AutoModelForSeq2SeqLM"
+    attention: ClassVar[str] = "encoder-decoder"
+
+    def _accepts(self, model: nn.Module, config: Any) -> bool:
+        return bool(getattr(config, "is_encoder_decoder", False)) and not hasattr(
+            config, "vision_config")
+
+
+class HFMultimodalAdapter(HFRoleAdapter):
+    """Image-text models: describe the language model, snapshot the whole model."""
+
+    name: ClassVar[str] = "hf_multimodal"
+    auto_class: ClassVar[str] = "AutoModelForImageTextToText"
+
+    def _accepts(self, model: nn.Module, config: Any) -> bool:
+        return getattr(config, "vision_config", None) is not None
