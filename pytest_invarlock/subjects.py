@@ -128,13 +128,15 @@ class Subjects:
         """Return the cases of a run: every adapter on every model it loads and handles."""
         reason = unavailable(self.lane)
         chosen = selectors or [n for n in sorted(self.discovery.adapters) if self._admits(n)]
+        if reason:  # nothing can be loaded here: one skipped case per adapter says why
+            return [Case(self.name(sel), sel, "all-models", None, skip=reason) for sel in chosen]
         sources = self._models(models)
         cases = []
         for selector in chosen:
             name = self.name(selector)
             for label, path, family, role in sources:
-                case = Case(name, selector, label, path, family, role, reason)
-                if path and (reason or self._fits(case, explicit=bool(selectors and models))):
+                case = Case(name, selector, label, path, family, role)
+                if path and self._fits(case, explicit=bool(selectors and models)):
                     cases.append(case)
         return cases + self._missing_packages(cases, sources)
 
@@ -191,7 +193,7 @@ class Subjects:
         return (Path(path).name, path, _family(path), None)
 
     def _fits(self, case: Case, *, explicit: bool) -> bool:
-        if explicit or unavailable(self.lane):
+        if explicit:
             return True
         try:
             subject = self.load(case)

@@ -87,6 +87,15 @@ class ReadsConv1DBackwards(HFCausalAdapter):
         return {**desc, "mlp_dims": widths}
 
 
+class CountsRoutedExpertsAsExperts(HFCausalAdapter):
+    """Reports top-k (experts per token) as the expert count."""
+
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        desc = super().describe(model)
+        arch = dict(desc["architecture"], num_experts=model.config.num_experts_per_tok)
+        return {**desc, "architecture": arch}
+
+
 class ForgetsTies(HFCausalAdapter):
     def describe(self, model: nn.Module) -> dict[str, Any]:
         return {**super().describe(model), "tying": {}}

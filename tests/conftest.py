@@ -18,11 +18,12 @@ def _built_fixtures():
     pytester restores sys.modules after each test; a transformers module first imported inside
     one would be imported again later, and torch refuses to register its operators twice.
     """
-    from pytest_invarlock.adapters.roles import HFCausalAdapter
+    import transformers
+
     from pytest_invarlock.fixtures import catalog, fixture_path
 
-    for name in catalog():
-        HFCausalAdapter().load_model(fixture_path(name), device="cpu")
+    for name, fixture in catalog().items():
+        getattr(transformers, fixture.auto_class).from_pretrained(fixture_path(name))
 
 
 @pytest.fixture(scope="session")
