@@ -59,12 +59,13 @@ class InvarlockRun:
 
         cases = self.subjects.plan(self.selectors, self.models)
         for model in self.models:
-            if not any(c.model in (Path(model).name, model) or c.path == model for c in cases):
+            if not any(c.model == self.subjects.label_of(model) for c in cases):
                 tried = ", ".join(sorted(self.discovery.adapters))
                 error = (f"--invarlock-model={model}: no adapter loads it and accepts it in "
                          f"can_handle() (tried {tried}); name the adapter with "
                          "--invarlock-adapter")
-                cases.append(Case("none", "none", Path(model).name, model, error=error))
+                cases.append(Case("none", "none", self.subjects.label_of(model), model,
+                                  error=error))
         if not cases:
             names = ", ".join(sorted(self.discovery.adapters)) or "no adapter"
             reason = NO_CASE.format(lane=self.lane.id, names=names)

@@ -12,7 +12,6 @@ from pytest_invarlock.checks import Check, CheckContext, mutates
 from pytest_invarlock.lanes import Lane, admits, unavailable
 from pytest_invarlock.registry import AdapterError, AdapterSpec, Discovery, resolve
 
-
 #: (label, checkpoint path or None when unavailable, family, role)
 Source = tuple[str, str | None, str | None, str | None]
 
@@ -168,8 +167,11 @@ class Subjects:
             return not self.lane.quantized  # keep it, so the error is reported in its tests
 
     def _models(self, models: list[str]) -> list[Source]:
-        """Return (label, path, family, role) of the explicit models, or of the bundled fixtures
-        and the real checkpoints (path None when their package is not installed)."""
+        """Return (label, path, family, role) of the explicit models, or of all bundled ones.
+
+        The bundled ones are the fixtures and the real checkpoints; a real checkpoint whose
+        package is not installed has path None.
+        """
         from pytest_invarlock.fixtures import catalog, fixture_path, package_path, packages
 
         real = packages()
@@ -181,6 +183,12 @@ class Subjects:
             found = package_path(p)
             bundled.append((p.name, str(found) if found else None, p.family, p.role))
         return bundled
+
+    def label_of(self, model: str) -> str:
+        """Return the label the cases of an explicit ``--invarlock-model`` value carry."""
+        from pytest_invarlock.fixtures import packages
+
+        return self._explicit(model, packages())[0]
 
     @staticmethod
     def _explicit(model: str, real: dict[str, Any]) -> Source:

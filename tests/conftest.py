@@ -32,3 +32,12 @@ def fixture_dir():
     from pytest_invarlock.fixtures import fixture_path
 
     return fixture_path
+
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# ci: bounded and derandomized, so CI is reproducible; dev: explore more when iterating locally.
+settings.register_profile("ci", max_examples=30, derandomize=True, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", max_examples=200, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

