@@ -204,15 +204,36 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.user_properties.append((PROPERTY, {
                 "adapter": case.adapter, "model": case.model, "check": check.__name__,
                 "family": case.family, "role": case.role}))
+            # with `-n N --dist loadgroup`, each (adapter, model) loads on one worker only
+            item.add_marker(pytest.mark.xdist_group(case.id))
+
+
+_MARKS = (("failed", "F"), ("error", "E"), ("xpassed", "XP"), ("xfailed", "x"), ("skipped", "s"))
+
+
+def _cell(counts: Counter[str]) -> str:
+    """Return ``passed`` followed by the other outcomes that occurred, e.g. ``22 F1 s2``."""
+    return " ".join([str(counts["passed"])] + [f"{m}{counts[o]}" for o, m in _MARKS if counts[o]])
 
 
 def matrix_lines(records: list[Record]) -> list[str]:
-    """Return an aligned table of outcome counts per (adapter, model)."""
+    """Return an aligned check x adapter table: models passed, then F/E/XP/x/s counts."""
     counts: dict[tuple[str, str], Counter[str]] = {}
     for r in records:
-        counts.setdefault((r.adapter, r.model), Counter())[r.outcome] += 1
-    width = max(len(f"{a} {m}") for a, m in counts) + 2
-    head = "adapter / model".ljust(width) + "".join(o.rjust(9) for o in OUTCOMES)
-    rows = [f"{a} {m}".ljust(width) + "".join(str(c[o]).rjust(9) for o in OUTCOMES)
-            for (a, m), c in sorted(counts.items())]
-    return [head, *rows]
+        counts.setdefault((r.check, r.adapter), Counter())[r.outcome] += 1
+    from pytest_invarlock.checks import all_checks
+
+    order = {c.__name__: i for i, c in enumerate(all_checks())}
+    checks = sorted({c for c, _ in counts}, key=lambda c: (order.get(c, len(order)), c))
+    adapters = sorted({a for _, a in counts})
+    cells = {key: _cell(c) for key, c in counts.items()}
+    widths = [max([len(a)] + [len(cells.get((c, a), "")) for c in checks]) + 2 for a in adapters]
+    first = max(len(c) for c in checks) + 2
+    lines = ["check".ljust(first) + "".join(a.rjust(w) for a, w in zip(adapters, widths,
+                                                                          strict=True))]
+    for check in checks:
+        lines.append(check.ljust(first) + "".join(
+            cells.get((check, a), "-").rjust(w) for a, w in zip(adapters, widths, strict=True)))
+    totals = Counter(r.outcome for r in records)
+    lines.append("total: " + ", ".join(f"{totals[o]} {o}" for o in OUTCOMES if totals[o]))
+    return lines

