@@ -10,6 +10,7 @@ import argparse
 import gc
 import json
 import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -70,27 +71,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                "model_mib": round(nbytes / MIB, 1)}
     try:
         tensors = dict(model.state_dict())
-        seconds, peak, blob = measure(lambda: adapter.snapshot(model))
-        figures["snapshot_bytes"] = (seconds, peak)
-        seconds, peak, _ = measure(lambda: adapter.restore(model, blob))
-        figures["restore_bytes"] = (seconds, peak)
-        blob = None
-        seconds, peak, path = measure(
-            lambda: adapter.snapshot_chunked(model, directory=str(tmp)))
-        figures["snapshot_chunked"] = (seconds, peak)
-        seconds, peak, _ = measure(lambda: adapter.restore_chunked(model, path))
-        figures["restore_chunked"] = (seconds, peak)
-        shutil.rmtree(path)
         target = tmp / "model.safetensors"
-        seconds, peak, _ = measure(lambda: safetensors.torch.save_file(tensors, str(target)))
-        figures["safetensors.save_file"] = (seconds, peak)
-        seconds, peak, _ = measure(lambda: model.load_state_dict(
-            safetensors.torch.load_file(str(target))))
-        figures["safetensors.load_file+copy"] = (seconds, peak)
-        seconds, peak, raw = measure(lambda: safetensors.torch.save(tensors))
-        figures["safetensors.save (bytes)"] = (seconds, peak)
-        seconds, peak, _ = measure(lambda: safetensors.torch.load(raw))
-        figures["safetensors.load (bytes)"] = (seconds, peak)
+        blob: list[Any] = [None]
+        path: list[str] = [""]
+
+        def chunked() -> None:
+            if path[0]:
+                shutil.rmtree(path[0])
+            path[0] = adapter.snapshot_chunked(model, directory=str(tmp))
+
+        steps: list[tuple[str, Callable[[], Any]]] = [
+            ("snapshot_bytes", lambda: blob.__setitem__(0, None) or blob.__setitem__(
+                0, adapter.snapshot(model))),
+            ("restore_bytes", lambda: adapter.restore(model, blob[0])),
+            ("snapshot_chunked", chunked),
+            ("restore_chunked", lambda: adapter.restore_chunked(model, path[0])),
+            ("safetensors.save_file", lambda: safetensors.torch.save_file(tensors, str(target))),
+            ("safetensors.load_file+copy", lambda: model.load_state_dict(
+                safetensors.torch.load_file(str(target)))),
+            ("safetensors.save (bytes)", lambda: safetensors.torch.save(tensors)),
+        ]
+        for name, step in steps:
+            runs = [measure(step)[:2] for _ in range(args.repeat)]
+            figures[name] = (statistics.median(r[0] for r in runs), max(r[1] for r in runs))
+        blob[0] = None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return figures
@@ -105,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--intermediate", type=int, default=2816)
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per operation (median)")
     parser.add_argument("--dir", default=None, help="where chunked snapshots and files go")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
@@ -114,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     size = figures["model_mib"]
     print(f"llama: {figures['params'] / 1e6:.1f}M parameters, {size} MiB (float32)")
+    print(f"median of {args.repeat} runs; extra peak = max over runs")
     print(f"{'operation':28}{'seconds':>9}{'GB/s':>8}{'extra peak MiB':>16}")
     for name, value in figures.items():
         if isinstance(value, tuple):

@@ -20,6 +20,7 @@ import tempfile
 import warnings
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -407,14 +408,16 @@ def _write_chunk(path: Path, group: list[Spec], tensors: dict[str, torch.Tensor]
     local = [Spec(s.name, s.dtype, s.shape, s.begin - base, s.end - base) for s in group]
     header = _header_bytes(local, {"format": FORMAT + "-chunk"})
     digest = hashlib.sha256()
-    with open(path, "xb") as f:
+    # hashlib and file writes both release the GIL: hash each piece while it is being written
+    with open(path, "xb") as f, ThreadPoolExecutor(max_workers=1) as hasher:
         for piece in (len(header).to_bytes(8, "little"), header):
             f.write(piece)
             digest.update(piece)
         for s in local:
             data = memoryview(_byte_view(tensors[s.name]).numpy())
+            hashed = hasher.submit(digest.update, data)
             f.write(data)
-            digest.update(data)
+            hashed.result()
         size = f.tell()
     return {"file": path.name, "sha256": digest.hexdigest(), "bytes": size,
             "tensors": [s.name for s in local]}
