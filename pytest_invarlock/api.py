@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_invarlock.checks import Check, CheckContext, all_checks
-from pytest_invarlock.errors import CheckFailed, CheckNotApplicable
+from pytest_invarlock.errors import CheckFailed, CheckNotApplicable, ClaimNote
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,8 @@ def _run(subject: Any, check: Check) -> Result:
 
     try:
         subject.call(check)
+    except ClaimNote as exc:
+        return result("passed", str(exc))
     except CheckFailed as exc:
         return result("failed", str(exc))
     except CheckNotApplicable as exc:

@@ -21,3 +21,11 @@ class SnapshotError(ValueError):
 
 class RemoteCodeRefused(PermissionError):
     """Loading would execute code shipped with the checkpoint and the caller did not opt in."""
+
+
+class ClaimNote(Exception):
+    """The check passed, with a finding the report must carry (e.g. an under-claim)."""
+
+
+class InvarlockNote(UserWarning):
+    """A passed check's finding, shown in pytest's warnings summary and kept in the records."""

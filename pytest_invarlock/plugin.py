@@ -87,6 +87,13 @@ class InvarlockRun:
         """Fold each report into the records (the controller also sees every worker's reports)."""
         self.collector.add(report)
 
+    def pytest_warning_recorded(self, warning_message: Any, nodeid: str) -> None:
+        """Keep the findings of passed checks (under-claims) for their records."""
+        from pytest_invarlock.errors import InvarlockNote
+
+        if issubclass(warning_message.category, InvarlockNote):
+            self.collector.note(nodeid, str(warning_message.message))
+
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         """Write the lane results file, on the controller only."""
         if self.report and not hasattr(session.config, "workerinput"):

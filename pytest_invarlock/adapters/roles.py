@@ -24,6 +24,13 @@ class HFRoleAdapter(HFAdapterBase):
     #: ``config.model_type`` values accepted; empty means every model of the role.
     families: ClassVar[frozenset[str]] = frozenset()
 
+    @property
+    def capabilities(self) -> dict[str, Any] | None:
+        """Return this adapter's entry of contracts/adapter_capabilities.json (None: unlisted)."""
+        from pytest_invarlock.capabilities import contract
+
+        return contract().get(self.name)
+
     def can_handle(self, model: Any) -> bool:
         """Return whether ``model`` is a transformers model of this role (and family)."""
         config = getattr(model, "config", None)

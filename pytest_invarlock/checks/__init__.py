@@ -18,7 +18,7 @@ Check = Callable[[Any, Any, "CheckContext"], None]
 F = TypeVar("F", bound=Callable[..., None])
 
 #: Check modules, in the order their checks run and are reported.
-MODULES: tuple[str, ...] = ("loading", "describe", "tying", "roundtrip", "rejection")
+MODULES: tuple[str, ...] = ("loading", "claims", "describe", "tying", "roundtrip", "rejection")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pytest_invarlock import state
+from pytest_invarlock import capabilities, state
 from pytest_invarlock.checks import CheckContext, check
 from pytest_invarlock.errors import CheckFailed, CheckNotApplicable
 
@@ -40,9 +40,22 @@ def expect_refusal(model: nn.Module, action: Callable[[], object], what: str) ->
                           "tensor, so a failed restore leaves the model untouched")
 
 
+def _take(adapter: Any, model: nn.Module) -> Any:
+    """Return a snapshot; a refusal allowed by the adapter's claim makes the check not apply."""
+    try:
+        return adapter.snapshot(model)
+    except Exception as exc:
+        if capabilities.snapshot_claim(adapter) == "full":
+            raise
+        raise CheckNotApplicable(f"snapshot() refuses ({exc}), as snapshot_restore="
+                                 f"{capabilities.snapshot_claim(adapter)!r} allows") from None
+
+
 def _need_chunked(adapter: Any) -> None:
     if not hasattr(adapter, "snapshot_chunked"):
         raise CheckNotApplicable("adapter has no snapshot_chunked()")
+    if capabilities.snapshot_claim(adapter) != "full":
+        raise CheckNotApplicable("chunk tampering is judged for snapshot_restore='full' only")
 
 
 @contextmanager
@@ -90,6 +103,7 @@ def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
 def check_restore_rejects_foreign_snapshot(adapter: Any, model: nn.Module,
                                            ctx: CheckContext) -> None:
     """restore() refuses a snapshot of another architecture, and of this one with another depth."""
+    _take(adapter, model)
     for label, foreign in _foreign_models(model):
         blob = adapter.snapshot(foreign)
         expect_refusal(model, lambda blob=blob: adapter.restore(model, blob),
@@ -100,7 +114,7 @@ def check_restore_rejects_foreign_snapshot(adapter: Any, model: nn.Module,
 def check_restore_rejects_truncated_blob(adapter: Any, model: nn.Module,
                                          ctx: CheckContext) -> None:
     """restore() refuses a snapshot cut short anywhere (header, data, last byte)."""
-    blob = bytes(adapter.snapshot(model))
+    blob = bytes(_take(adapter, model))
     for cut in (0, 4, len(blob) // 2, len(blob) - 1):
         expect_refusal(model, lambda cut=cut: adapter.restore(model, blob[:cut]),
                        f"a snapshot truncated to {cut} of {len(blob)} bytes")
@@ -110,7 +124,7 @@ def check_restore_rejects_truncated_blob(adapter: Any, model: nn.Module,
 def check_restore_rejects_tampered_blob(adapter: Any, model: nn.Module,
                                         ctx: CheckContext) -> None:
     """restore() refuses a snapshot with one flipped byte in its data."""
-    blob = bytes(adapter.snapshot(model))
+    blob = bytes(_take(adapter, model))
     for where in (len(blob) * 3 // 4, len(blob) - 1):
         bad = bytearray(blob)
         bad[where] ^= 0xFF
@@ -166,7 +180,9 @@ def check_restore_rejects_tampered_chunks(adapter: Any, model: nn.Module,
 def check_restore_rejects_dtype_mismatch(adapter: Any, model: nn.Module,
                                          ctx: CheckContext) -> None:
     """restore() refuses a snapshot whose dtypes differ from the model's (e.g. after .half())."""
-    blob = adapter.snapshot(model)
+    if capabilities.backend_moves_devices(adapter):
+        raise CheckNotApplicable("the adapter forbids .to() (device_movement_managed_by_backend)")
+    blob = _take(adapter, model)
     other = torch.float16 if next(model.parameters()).dtype != torch.float16 else torch.float32
     model.to(other)
     expect_refusal(model, lambda: adapter.restore(model, blob),
@@ -201,7 +217,7 @@ def check_restore_refuses_pickle(adapter: Any, model: nn.Module, ctx: CheckConte
                                f"{label} carrying a code-execution payload")
             finally:
                 _no_marker(marker, f"restore() of {label}")
-        if hasattr(adapter, "snapshot_chunked"):
+        if hasattr(adapter, "snapshot_chunked") and capabilities.snapshot_claim(adapter) == "full":
             with _chunked(adapter, model) as root:
                 chunk = _data_files(root)[0]
                 chunk.write_bytes(pickle_payloads(marker)["a torch.save archive"])

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pytest_invarlock import state
+from pytest_invarlock import capabilities, state
 from pytest_invarlock.checks import CheckContext, check
-from pytest_invarlock.errors import CheckFailed, CheckNotApplicable
+from pytest_invarlock.errors import CheckFailed, CheckNotApplicable, ClaimNote
 
 
 def _few(problems: list[str]) -> str:
@@ -20,8 +20,14 @@ def _few(problems: list[str]) -> str:
 
 
 def roundtrip(model: nn.Module, take: Callable[[], object],
-              put: Callable[[object], None], how: str) -> None:
-    """Snapshot, perturb every tensor, restore, and require the original bits, ties and logits."""
+              put: Callable[[object], None], how: str, claim: str = "full") -> None:
+    """Snapshot, perturb every tensor, restore, and judge the result by the adapter's claim.
+
+    ``full`` requires the original bits, ties and logits; ``best_effort`` and ``delegated`` also
+    accept a clean refusal (an error, the model untouched); ``none`` requires a clean refusal.
+    """
+    if claim != "full":
+        return _claimed_roundtrip(model, take, put, how, claim)
     before = state.capture(model)
     logits = state.logits(model)
     taken = take()
@@ -40,6 +46,40 @@ def roundtrip(model: nn.Module, take: Callable[[], object],
                           "state the forward pass depends on (buffers, attributes)")
 
 
+def _claimed_roundtrip(model: nn.Module, take: Callable[[], object],
+                       put: Callable[[object], None], how: str, claim: str) -> None:
+    before = state.capture(model)
+    try:
+        taken = take()
+    except Exception as exc:
+        _clean_refusal(model, before, exc, how, claim)
+        return
+    state.perturb(model)
+    perturbed = state.capture(model)
+    try:
+        put(taken)
+    except Exception as exc:
+        _clean_refusal(model, perturbed, exc, how, claim)
+        return
+    problems = state.diff(model, before)
+    if problems:
+        raise CheckFailed(f"{how} returned normally but the model is not its original state: "
+                          f"{_few(problems)}. Under snapshot_restore={claim!r} a restore is exact "
+                          "or raises; it never silently leaves other values behind")
+    if claim == "none":
+        raise ClaimNote(f"under-claim: {how} round-trips exactly, yet the adapter claims "
+                        "snapshot_restore='none'; claim 'full'")
+
+
+def _clean_refusal(model: nn.Module, expected: state.State, exc: Exception, how: str,
+                   claim: str) -> None:
+    changed = state.diff(model, expected)
+    if changed or not str(exc).strip():
+        what = f"changed the model ({_few(changed)})" if changed else "gave no message"
+        raise CheckFailed(f"{how} refused ({type(exc).__name__}) but {what}; under "
+                          f"snapshot_restore={claim!r} a refusal must say why and touch nothing")
+
+
 def _check_bytes_like(blob: object) -> None:
     if not isinstance(blob, (bytes, bytearray, memoryview)):
         raise CheckFailed(f"snapshot() returned {type(blob).__name__}; return bytes (or another "
@@ -55,7 +95,8 @@ def check_snapshot_roundtrip_bytes(adapter: Any, model: nn.Module, ctx: CheckCon
         _check_bytes_like(blob)
         return blob
 
-    roundtrip(model, take, lambda blob: adapter.restore(model, blob), "snapshot()/restore()")
+    roundtrip(model, take, lambda blob: adapter.restore(model, blob), "snapshot()/restore()",
+              capabilities.snapshot_claim(adapter))
 
 
 @check(mutates=True)
@@ -71,7 +112,7 @@ def check_snapshot_roundtrip_chunked(adapter: Any, model: nn.Module, ctx: CheckC
 
     try:
         roundtrip(model, take, lambda path: adapter.restore_chunked(model, path),
-                  "snapshot_chunked()/restore_chunked()")
+                  "snapshot_chunked()/restore_chunked()", capabilities.snapshot_claim(adapter))
     finally:
         for path in paths:
             shutil.rmtree(path, ignore_errors=True)

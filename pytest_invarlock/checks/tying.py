@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pytest_invarlock import state, truth
+from pytest_invarlock import capabilities, state, truth
 from pytest_invarlock.checks import CheckContext, check
 from pytest_invarlock.errors import CheckFailed, CheckNotApplicable
 
@@ -39,6 +39,8 @@ def check_tying_after_to(adapter: Any, model: nn.Module, ctx: CheckContext) -> N
     before = state.storage_groups(model)
     if not before:
         raise CheckNotApplicable("the model has no tied weights")
+    if capabilities.backend_moves_devices(adapter):
+        raise CheckNotApplicable("the adapter forbids .to() (device_movement_managed_by_backend)")
     dtype = next(model.parameters()).dtype
     model.to(torch.float64).to(dtype)
     after = state.storage_groups(model)
