@@ -13,6 +13,8 @@ class Lane:
     device: str
     quantized: bool
     description: str
+    #: importable module -> the pip requirement that provides it
+    requires: tuple[tuple[str, str], ...] = ()
 
 
 LANES: dict[str, Lane] = {lane.id: lane for lane in (
@@ -21,10 +23,30 @@ LANES: dict[str, Lane] = {lane.id: lane for lane in (
     Lane("cpu-quant", "cpu", True, "quantized adapters on the CPU"),
     Lane("cuda-quant", "cuda", True, "quantized adapters on a CUDA device"),
 )}
+AUTO = "auto"
+
+
+def choose(lane_id: str) -> Lane:
+    """Return the lane for an id; ``auto`` picks ``cuda`` when a CUDA device is usable, else ``cpu``."""
+    if lane_id != AUTO:
+        return LANES[lane_id]
+    import torch
+
+    return LANES["cuda" if torch.cuda.is_available() else "cpu"]
+
+
+def missing_extras(lane: Lane) -> list[str]:
+    """Return the pip requirements the lane needs that are not installed."""
+    import importlib.util
+
+    return [req for module, req in lane.requires if importlib.util.find_spec(module) is None]
 
 
 def unavailable(lane: Lane) -> str | None:
-    """Return why ``lane`` cannot run on this machine, or None when it can."""
+    """Return why ``lane`` cannot run on this machine (the precise fix), or None when it can."""
+    missing = missing_extras(lane)
+    if missing:
+        return f"lane {lane.id} needs {', '.join(missing)}: pip install {' '.join(missing)}"
     if lane.device == "cuda":
         import torch
 

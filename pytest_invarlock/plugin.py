@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 
-from pytest_invarlock.lanes import LANES, Lane, unavailable
+from pytest_invarlock.lanes import AUTO, LANES, Lane, choose, unavailable
 from pytest_invarlock.records import PROPERTY, Collector, Record, write_report
 from pytest_invarlock.registry import AdapterError, Discovery, discover
 
 OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
 MARKER = "invarlock"
+LANES_MARKER = "invarlock_lanes"
 NO_CASE = "no adapter of lane {lane} is installed: none of {names} declares quantized = True"
 
 
@@ -23,10 +24,13 @@ class InvarlockRun:
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        self.lane: Lane = LANES[config.getoption("invarlock_lane")]
+        self.lane: Lane = choose(config.getoption("invarlock_lane"))
         self.selectors: list[str] = config.getoption("invarlock_adapter") or []
         self.models: list[str] = config.getoption("invarlock_model") or []
         self.report: str | None = config.getoption("invarlock_report")
+        self.xfail: str | None = config.getoption("invarlock_xfail") or config.getini(
+            "invarlock_xfail") or None
+        self.expected: list[Any] = []
         self.collector = Collector()
         self._discovery: Discovery | None = None
         self._subjects: Any = None
@@ -73,7 +77,14 @@ class InvarlockRun:
         return cases
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
-        """Reject unknown adapters and missing model directories before collecting anything."""
+        """Reject unknown adapters, missing models and bad manifests before collecting."""
+        if self.xfail:
+            from pytest_invarlock.expectations import ManifestError, load
+
+            try:
+                self.expected = load(self.xfail)
+            except ManifestError as exc:
+                raise pytest.UsageError(str(exc)) from None
         try:
             for selector in self.selectors:
                 self.subjects.spec(selector)
@@ -111,6 +122,17 @@ class InvarlockRun:
         for line in matrix_lines(records):
             tr.write_line(line)
         for r in records:
+            if r.outcome in ("xfailed", "xpassed"):
+                tr.write_line(f"{r.outcome.upper()} {r.adapter} on {r.model}: {r.check}: "
+                              f"expected to fail: {r.message}")
+        if self.expected:
+            from pytest_invarlock.expectations import stale
+
+            seen = [(r.adapter, r.model, r.check) for r in records]
+            for entry in stale(self.expected, seen, self.lane.id):
+                tr.write_line(f"invarlock: stale expected failure in {self.xfail} (matches no "
+                              f"test of lane {self.lane.id}): {entry.describe()}", yellow=True)
+        for r in records:
             if r.outcome in ("failed", "error"):
                 where = f"{r.adapter} on {r.model}"
                 text = r.message if r.message.startswith(where) else f"{where}: {r.check}: {r.message}"
@@ -139,20 +161,27 @@ class InvarlockRun:
 def pytest_addoption(parser: pytest.Parser) -> None:
     """Add the --invarlock-* options."""
     group = parser.getgroup("invarlock", "model adapter conformance (pytest-invarlock)")
-    group.addoption("--invarlock-lane", choices=sorted(LANES), default="cpu",
-                    help="lane to run: cpu (default), cuda, cpu-quant or cuda-quant")
+    group.addoption("--invarlock-lane", choices=[*sorted(LANES), AUTO], default="cpu",
+                    help="lane to run: cpu (default), cuda, cpu-quant, cuda-quant, or auto "
+                         "(cuda when a CUDA device is usable, else cpu)")
     group.addoption("--invarlock-adapter", action="append", metavar="NAME|module:Class",
                     help="adapter to verify (repeatable); default: every discovered adapter")
     group.addoption("--invarlock-model", action="append", metavar="PATH",
                     help="checkpoint to verify on (repeatable); default: the bundled fixtures")
     group.addoption("--invarlock-report", metavar="PATH",
                     help="write the lane results (JSON, lane_results.schema.json) to PATH")
+    group.addoption("--invarlock-xfail", metavar="PATH",
+                    help="expected-failures manifest (JSON, expected_failures.schema.json)")
+    parser.addini("invarlock_xfail", "expected-failures manifest used when --invarlock-xfail "
+                  "is not given")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Register the marker and start the run's state."""
     config.addinivalue_line(
         "markers", f"{MARKER}(checks): run the given checks on every (adapter, model) case")
+    config.addinivalue_line(
+        "markers", f"{LANES_MARKER}(*lanes): run this test only in these lanes (else deselected)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     run = InvarlockRun(config)
     config.stash[RUN] = run
@@ -165,7 +194,7 @@ RUN = pytest.StashKey[InvarlockRun]()
 def pytest_report_header(config: pytest.Config) -> list[str]:
     """Say which lane runs and which adapters exist, before any result."""
     run = config.stash[RUN]
-    reason = unavailable(run.lane) if run.lane.device == "cuda" else None
+    reason = unavailable(run.lane)
     lines = [f"invarlock: lane {run.lane.id} ({run.lane.description})"
              + (f" - cannot run here: {reason}" if reason else "")]
     for name, spec in sorted(run.discovery.adapters.items()):
@@ -202,8 +231,10 @@ def invarlock_subject(request: pytest.FixtureRequest) -> Any:
                     pytrace=False)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tag every conformance test with its (adapter, model, check) for the records."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tag every conformance test with its (adapter, model, check); apply expected failures."""
+    run = config.stash[RUN]
+    _deselect_other_lanes(config, items, run.lane.id)
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         case, check = params.get("invarlock_subject"), params.get("invarlock_check")
@@ -213,6 +244,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 "family": case.family, "role": case.role}))
             # with `-n N --dist loadgroup`, each (adapter, model) loads on one worker only
             item.add_marker(pytest.mark.xdist_group(case.id))
+            _expect(run, item, case, check.__name__)
+
+
+def _deselect_other_lanes(config: pytest.Config, items: list[pytest.Item], lane: str) -> None:
+    """Deselect tests marked ``invarlock_lanes(...)`` for other lanes (reported as deselected)."""
+    outside = [i for i in items if (m := i.get_closest_marker(LANES_MARKER)) and lane not in m.args]
+    if outside:
+        config.hook.pytest_deselected(items=outside)
+        items[:] = [i for i in items if i not in outside]
+
+
+def _expect(run: InvarlockRun, item: pytest.Item, case: Any, check: str) -> None:
+    from pytest_invarlock.expectations import find
+
+    entry = find(run.expected, case.adapter, case.model, check, run.lane.id)
+    if entry is not None:
+        item.add_marker(pytest.mark.xfail(reason=entry.reason, strict=entry.strict))
 
 
 _MARKS = (("failed", "F"), ("error", "E"), ("xpassed", "XP"), ("xfailed", "x"), ("skipped", "s"))

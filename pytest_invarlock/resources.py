@@ -27,10 +27,21 @@ def schema(name: str) -> dict[str, Any]:
     return load_json("contracts", "schemas", f"{name}.schema.json")
 
 
+@cache
+def _validator(name: str) -> Any:
+    """Return a validator for schema ``name`` that resolves references to our other schemas."""
+    import jsonschema
+    from referencing import Registry, Resource
+
+    schemas = [schema(p.name.removesuffix(".schema.json"))
+               for p in sorted(data_path("contracts", "schemas").glob("*.schema.json"))]
+    registry = Registry().with_resources(
+        (s["$id"], Resource.from_contents(s)) for s in schemas)
+    return jsonschema.Draft202012Validator(schema(name), registry=registry)
+
+
 def validate(instance: object, name: str) -> list[str]:
     """Return readable JSON Schema errors of ``instance`` against schema ``name`` (none = valid)."""
-    import jsonschema
-
-    validator = jsonschema.Draft202012Validator(schema(name))
+    validator = _validator(name)
     errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
     return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors]

@@ -229,3 +229,57 @@ def test_discovery_problems_are_errors_naming_the_distributions(suite, tmp_path,
     result.assert_outcomes(errors=4)
     result.stdout.fnmatch_lines(["*adapter 'ghost' (not_installed_module:Ghost, from vendor-c "
                                  "1.0) cannot be imported*"])
+
+
+def test_manifest_turns_known_failures_into_xfail_and_warns_about_stale_entries(suite,
+                                                                                fixture_dir):
+    (suite.path / "my_adapters.py").write_text(MINE)
+    manifest = {"format_version": "invarlock-expected-failures-v1", "expected_failures": [
+        {"adapter": "wrong", "check": "check_describe_heads", "reason": "heads are hardcoded (#7)"},
+        {"adapter": "wrong", "check": "check_describe_layers", "reason": "fixed long ago"},
+        {"adapter": "wrong", "check": "check_describe_tying", "reason": "gone", "model": "other"},
+        {"adapter": "wrong", "check": "check_describe_tying", "reason": "cuda only",
+         "lane": "cuda"}]}
+    (suite.path / "xfail.json").write_text(json.dumps(manifest))
+    args = ["conformance/test_describe.py", "--invarlock-adapter=my_adapters:MineWrongHeads",
+            f"--invarlock-model={fixture_dir('llama-gqa-tied')}", "--invarlock-xfail=xfail.json",
+            "--invarlock-report=r.json"]
+    result = suite.runpytest_subprocess(*args)
+    result.assert_outcomes(passed=len(describe.CHECKS) - 3, xfailed=1, xpassed=1, skipped=1)
+    result.stdout.fnmatch_lines([
+        "XFAILED wrong on llama-gqa-tied-*: check_describe_heads: expected to fail: "
+        "heads are hardcoded (#7)",
+        "*stale expected failure in xfail.json*check='check_describe_tying', model='other'"])
+    assert "lane='cuda'" not in result.stdout.str()
+    _, recs = records(suite.path / "r.json")
+    assert {(c, o) for a, _, c, o in recs if o.startswith("x")} == {
+        ("check_describe_heads", "xfailed"), ("check_describe_layers", "xpassed")}
+    manifest["expected_failures"][1]["strict"] = True
+    (suite.path / "xfail.json").write_text(json.dumps(manifest))
+    result = suite.runpytest_subprocess(*args)
+    result.assert_outcomes(passed=len(describe.CHECKS) - 3, xfailed=1, failed=1, skipped=1)
+
+
+def test_invalid_manifest_is_a_usage_error_naming_the_file(suite):
+    (suite.path / "bad.json").write_text('{"format_version": "invarlock-expected-failures-v1"}')
+    result = suite.runpytest_subprocess("conformance", "--invarlock-xfail=bad.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--invarlock-xfail=bad.json: *expected_failures*"])
+
+
+def test_auto_lane_picks_cpu_here_and_lane_markers_deselect(pytester):
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.invarlock_lanes("cuda", "cuda-quant")
+        def test_gpu_only():
+            pass
+
+        @pytest.mark.invarlock_lanes("cpu")
+        def test_cpu_only():
+            pass
+    """)
+    result = pytester.runpytest_subprocess("--invarlock-lane=auto", "--strict-markers")
+    result.assert_outcomes(passed=1, deselected=1)
+    if not torch.cuda.is_available():
+        result.stdout.fnmatch_lines(["invarlock: lane cpu (*"])

@@ -1,0 +1,61 @@
+"""The expected-failures manifest: known failures, with reasons, applied as xfail."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pytest_invarlock.resources import validate
+
+
+class ManifestError(ValueError):
+    """The manifest cannot be used; the message names the file and the entry."""
+
+
+@dataclass(frozen=True)
+class Expected:
+    """One manifest entry: (adapter, check[, model][, lane]) is known to fail, because reason."""
+
+    adapter: str
+    check: str
+    reason: str
+    model: str | None = None
+    lane: str | None = None
+    strict: bool = False
+
+    def matches(self, adapter: str, model: str, check: str, lane: str) -> bool:
+        """Return whether this entry covers one test."""
+        return (self.adapter, self.check) == (adapter, check) and self.model in (None, model) \
+            and self.lane in (None, lane)
+
+    def describe(self) -> str:
+        """Return the entry as the manifest would spell it."""
+        scope = "".join(f", {k}={v!r}" for k, v in (("model", self.model), ("lane", self.lane)) if v)
+        return f"adapter={self.adapter!r}, check={self.check!r}{scope}"
+
+
+def load(path: str | Path) -> list[Expected]:
+    """Read and validate a manifest file."""
+    try:
+        payload: Any = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"--invarlock-xfail={path}: cannot read it as JSON ({exc})") from None
+    errors = validate(payload, "expected_failures")
+    if errors:
+        raise ManifestError(f"--invarlock-xfail={path}: {'; '.join(errors[:3])} (see "
+                            "contracts/schemas/expected_failures.schema.json)")
+    return [Expected(**entry) for entry in payload["expected_failures"]]
+
+
+def find(entries: list[Expected], adapter: str, model: str, check: str,
+         lane: str) -> Expected | None:
+    """Return the first entry covering a test."""
+    return next((e for e in entries if e.matches(adapter, model, check, lane)), None)
+
+
+def stale(entries: list[Expected], seen: list[tuple[str, str, str]], lane: str) -> list[Expected]:
+    """Return the entries of this lane that matched none of the (adapter, model, check) run."""
+    return [e for e in entries if e.lane in (None, lane)
+            and not any(e.matches(a, m, c, lane) for a, m, c in seen)]
