@@ -38,7 +38,21 @@ def identity(report: pytest.TestReport) -> dict[str, Any] | None:
     for key, value in report.user_properties:
         if key == PROPERTY:
             return dict(value)
-    return None
+    return _from_nodeid(report.nodeid)
+
+
+def _from_nodeid(nodeid: str) -> dict[str, Any] | None:
+    """Recover the identity from a test id ``...[adapter-model-check_x]``.
+
+    Only reports xdist makes up for a crashed worker lack the tagged properties; adapter names
+    are taken to have no hyphen there (the model label may have some).
+    """
+    params = nodeid.rpartition("[")[2].removesuffix("]") if nodeid.endswith("]") else ""
+    case, _, check = params.rpartition("-")
+    adapter, _, model = case.partition("-")
+    if not (check.startswith("check_") and adapter and model):
+        return None
+    return {"adapter": adapter, "model": model, "check": check, "family": None, "role": None}
 
 
 def outcome_of(report: pytest.TestReport) -> str | None:

@@ -283,3 +283,36 @@ def test_auto_lane_picks_cpu_here_and_lane_markers_deselect(pytester):
     result.assert_outcomes(passed=1, deselected=1)
     if not torch.cuda.is_available():
         result.stdout.fnmatch_lines(["invarlock: lane cpu (*"])
+
+
+CRASHER = """
+import os
+
+from torch import nn
+
+from pytest_invarlock.adapters.roles import HFCausalAdapter
+
+
+class Crasher(HFCausalAdapter):
+    name = "crasher"
+
+    def can_handle(self, model):
+        if not isinstance(model, (nn.Linear, nn.Sequential)):
+            os._exit(3)  # the worker dies in check_can_handle_own_model
+        return False
+"""
+
+
+def test_a_crashed_worker_loses_no_other_record(suite, fixture_dir):
+    (suite.path / "crash_adapter.py").write_text(CRASHER)
+    result = suite.runpytest_subprocess(
+        "conformance/test_loading.py", "--invarlock-adapter=crash_adapter:Crasher",
+        f"--invarlock-model={fixture_dir('gpt2')}", "-p", "xdist", "-n", "2",
+        "--invarlock-report=r.json")
+    result.assert_outcomes(passed=3, failed=1)
+    _, recs = records(suite.path / "r.json")
+    assert {(c, o) for _, _, c, o in recs} == {
+        ("check_can_handle_own_model", "error"), ("check_can_handle_rejects_foreign_module",
+                                                   "passed"),
+        ("check_load_model_honours_dtype", "passed"),
+        ("check_load_model_refuses_remote_code", "passed")}
