@@ -46,7 +46,7 @@ for _lane_id in LANES:
 
 @nox.session
 def support_matrix(session: nox.Session) -> None:
-    """Merge results/*.json into contracts/support_matrix.json; pass ``-- --check`` to gate.
+    """Merge results/*.json into contracts/support_matrix.json and docs/; ``-- --check`` gates.
 
     The matrix is a pure function of the lane results, so it needs no torch: the package is
     installed without dependencies to keep this session fast on a release runner.
@@ -57,7 +57,7 @@ def support_matrix(session: nox.Session) -> None:
     session.install("jsonschema")
     session.install("--no-deps", "-e", ".")
     session.run("python", "-m", "pytest_invarlock.matrix", *files, "--output", str(MATRIX),
-                *session.posargs)
+                "--docs", "docs", *session.posargs)
 
 
 @nox.session

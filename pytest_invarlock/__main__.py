@@ -37,9 +37,20 @@ def listing() -> dict[str, Any]:
             item.update(status="ready", backend="transformers" if spec.origin == "builtin"
                         else None, capabilities=capabilities.declared(adapter), problem=None)
         except AdapterError as exc:
-            item.update(status="unsupported", backend=None, capabilities=None, problem=str(exc))
+            item.update(status=_status(exc, spec.target), backend=None, capabilities=None,
+                        problem=str(exc))
         items.append(item)
     return {"format_version": LISTING_FORMAT, "adapters": items}
+
+
+def _status(exc: Exception, target: str) -> str:
+    """Return ``needs_extra`` when a dependency of the adapter's module is missing."""
+    missing = exc.__cause__
+    own = target.partition(":")[0].partition(".")[0]
+    if isinstance(missing, ModuleNotFoundError) and missing.name and (
+            missing.name.partition(".")[0] != own):
+        return "needs_extra"
+    return "unsupported"
 
 
 def main(argv: list[str] | None = None) -> int:

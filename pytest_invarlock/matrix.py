@@ -49,6 +49,9 @@ def _tier(status: str, real: bool, provenance: bool) -> str:
     return "published_basis" if real and provenance else "supported_experimental"
 
 
+PROVENANCE_PACKAGES = ("pytest-invarlock", "torch", "transformers", "safetensors")
+
+
 def build(results: list[tuple[str, dict[str, Any]]], fixtures: set[str]) -> dict[str, Any]:
     """Merge ``(source, lane results)`` pairs into a support matrix; input order does not matter."""
     lanes: dict[tuple[str, str, str, str], dict[str, Any]] = {}
@@ -57,16 +60,36 @@ def build(results: list[tuple[str, dict[str, Any]]], fixtures: set[str]) -> dict
             key = (rec.get("family") or "unknown", rec.get("role") or "unknown", rec["adapter"],
                    payload["lane"])
             lane = lanes.setdefault(key, {"counts": Counter(), "models": set(), "failing": set(),
-                                          "sources": set(), "provenance": True})
+                                          "by_source": {}, "provenance": []})
             lane["counts"][rec["outcome"]] += 1
             lane["models"].add(rec["model"])
-            lane["sources"].add(source)
-            lane["provenance"] &= bool(payload.get("provenance"))
+            lane["by_source"].setdefault(source, Counter())[rec["outcome"]] += 1
+            if payload.get("provenance") not in lane["provenance"]:
+                lane["provenance"].append(payload.get("provenance"))
             if rec["outcome"] in ("failed", "error"):
                 lane["failing"].add(rec["check"])
     entries = [_entry(key, lane, fixtures) for key, lane in sorted(lanes.items())]
+    conflicts = [c for key, lane in sorted(lanes.items()) for c in _conflicts(key, lane)]
     return {"format_version": FORMAT, "support_tiers": TIERS, "tier_rules": TIER_RULES,
-            "lanes": entries}
+            "conflicts": conflicts, "lanes": entries}
+
+
+def _conflicts(key: tuple[str, str, str, str], lane: dict[str, Any]) -> list[str]:
+    verdicts = {src: _status(counts) for src, counts in sorted(lane["by_source"].items())}
+    if {"passing", "failing"} <= set(verdicts.values()):
+        said = ", ".join(f"{v} in {src}" for src, v in verdicts.items())
+        return [f"{lane_id(*key)}: {said}; rule: a failure anywhere makes the lane failing"]
+    return []
+
+
+def _provenance(runs: list[dict[str, Any] | None]) -> dict[str, Any]:
+    runs = [r for r in runs if r]
+    packages = {name: sorted({str(r["packages"].get(name)) for r in runs})
+                for name in PROVENANCE_PACKAGES}
+    devices = sorted({r["device"]["type"] + (f" ({r['device']['name']})" if r["device"]["name"]
+                                             else "") for r in runs})
+    return {"python": sorted({r["python"] for r in runs}), "packages": packages,
+            "devices": devices}
 
 
 def _entry(key: tuple[str, str, str, str], lane: dict[str, Any],
@@ -74,15 +97,30 @@ def _entry(key: tuple[str, str, str, str], lane: dict[str, Any],
     family, role, adapter, runtime = key
     real = any(m not in fixtures for m in lane["models"])
     status = _status(lane["counts"])
-    tier = _tier(status, real, lane["provenance"])
+    tier = _tier(status, real, all(lane["provenance"]))
     return {
         "lane_id": lane_id(family, role, adapter, runtime), "family": family, "role": role,
         "runtime": runtime, "adapter": adapter, "support_tier": tier, "evidence_status": status,
-        "docs_label": LABELS[tier], "provenance_source": ", ".join(sorted(lane["sources"])),
+        "docs_label": LABELS[tier], "provenance_source": ", ".join(sorted(lane["by_source"])),
+        "provenance": _provenance(lane["provenance"]),
         "evidence": {"models": sorted(lane["models"]), "real_checkpoint": real,
                      "counts": dict(sorted(lane["counts"].items())),
                      "failing_checks": sorted(lane["failing"])},
     }
+
+
+def changed_lanes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Name every lane whose entry differs between two matrices, and the fields that differ."""
+    before = {lane["lane_id"]: lane for lane in old.get("lanes", [])}
+    after = {lane["lane_id"]: lane for lane in new.get("lanes", [])}
+    lines = [f"lane {lid}: only in the committed file" for lid in sorted(set(before) - set(after))]
+    lines += [f"lane {lid}: missing from the committed file" for lid in sorted(set(after) - set(before))]
+    for lid in sorted(set(before) & set(after)):
+        for field in sorted(set(before[lid]) | set(after[lid])):
+            if before[lid].get(field) != after[lid].get(field):
+                lines.append(f"lane {lid}: {field} is {before[lid].get(field)!r} in the committed "
+                             f"file, {after[lid].get(field)!r} from the evidence")
+    return lines
 
 
 def render(matrix: dict[str, Any]) -> str:
@@ -100,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("results", nargs="+", type=Path, help="lane results JSON files")
     parser.add_argument("--output", type=Path, default=Path("contracts/support_matrix.json"))
     parser.add_argument("--check", action="store_true",
-                        help="fail with a diff when --output differs instead of rewriting it")
+                        help="fail with a diff when an output differs instead of rewriting it")
+    parser.add_argument("--docs", type=Path, default=None, metavar="DIR",
+                        help="also write DIR/support-matrix.md and DIR/support-matrix.html")
     args = parser.parse_args(argv)
     results = []
     for path in args.results:
@@ -110,21 +150,41 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path}: not valid lane results: {'; '.join(errors[:3])}", file=sys.stderr)
             return 2
         results.append((path.as_posix(), payload))
-    text = render(build(results, set(catalog())))
-    old = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
+    matrix = build(results, set(catalog()))
+    for conflict in matrix["conflicts"]:
+        print(f"conflict: {conflict}", file=sys.stderr)
+    outputs = {args.output: render(matrix)}
+    if args.docs:
+        from pytest_invarlock.matrix_docs import html, markdown
+
+        outputs[args.docs / "support-matrix.md"] = markdown(matrix)
+        outputs[args.docs / "support-matrix.html"] = html(matrix)
     if args.check:
-        if old != text:
-            sys.stdout.writelines(difflib.unified_diff(
-                old.splitlines(True), text.splitlines(True), f"{args.output} (committed)",
-                f"{args.output} (from evidence)"))
-            print(f"{args.output} is stale; run `nox -s support_matrix` and commit it",
-                  file=sys.stderr)
-            return 1
-        print(f"{args.output} matches the evidence")
-        return 0
-    args.output.write_text(text, encoding="utf-8")
-    print(f"wrote {args.output} ({len(json.loads(text)['lanes'])} lanes)")
+        return _check(outputs)
+    for path, text in outputs.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path}")
     return 0
+
+
+def _check(outputs: dict[Path, str]) -> int:
+    stale = 0
+    for path, text in outputs.items():
+        old = path.read_text(encoding="utf-8") if path.exists() else ""
+        if old == text:
+            continue
+        stale += 1
+        if path.suffix == ".json":
+            for line in changed_lanes(json.loads(old or "{}"), json.loads(text)):
+                print(line)
+        sys.stdout.writelines(difflib.unified_diff(
+            old.splitlines(True), text.splitlines(True), f"{path} (committed)",
+            f"{path} (from evidence)"))
+        print(f"{path} is stale; run `nox -s support_matrix` and commit it", file=sys.stderr)
+    if not stale:
+        print(f"{', '.join(map(str, outputs))} match the evidence")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

@@ -124,7 +124,20 @@ def provenance(device: str) -> dict[str, Any]:
         except PackageNotFoundError:
             packages[name] = None
     return {"python": platform.python_version(), "platform": sys.platform,
-            "machine": platform.machine(), "packages": packages, "device": _device(device)}
+            "machine": platform.machine(), "packages": packages, "device": _device(device),
+            "commit": _commit()}
+
+
+def _commit() -> str | None:
+    """Return the git commit of the working directory, when it is a checkout."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
 
 
 def _device(device: str) -> dict[str, Any]:

@@ -16,8 +16,9 @@ def results(lane, outcomes, model="gpt2", family="gpt2"):
     records = [{"adapter": "hf_causal", "model": model, "check": f"check_{i}", "outcome": o,
                 "message": "", "family": family, "role": "causal"}
                for i, o in enumerate(outcomes)]
-    prov = {"python": "3.11", "platform": "linux", "machine": "x86_64", "packages": {},
-            "device": {"type": lane, "name": None}}
+    prov = {"python": "3.11", "platform": "linux", "machine": "x86_64",
+            "packages": {"torch": "2.13.0"}, "device": {"type": lane, "name": None},
+            "commit": "0" * 40}
     return {"format_version": "invarlock-lane-results-v1", "lane": lane, "provenance": prov,
             "adapters": [], "records": records}
 
@@ -39,10 +40,13 @@ def test_inputs_in_any_order_give_identical_output():
                      "bert-causal-hf-cpu": "published_basis"}
 
 
-def test_a_failure_on_any_machine_makes_the_lane_failing():
+def test_a_failure_on_any_machine_makes_the_lane_failing_and_is_reported():
     built = matrix.build([("a.json", results("cpu", ["passed"])),
                           ("b.json", results("cpu", ["failed"]))], FIXTURES)
+    assert built["conflicts"] == ["gpt2-causal-hf-cpu: passing in a.json, failing in b.json; "
+                                  "rule: a failure anywhere makes the lane failing"]
     (lane,) = built["lanes"]
+    assert lane["provenance"]["packages"]["torch"] == ["2.13.0"]
     assert lane["evidence_status"] == "failing"
     assert lane["support_tier"] == "community_experimental"
     assert lane["evidence"]["failing_checks"] == ["check_0"]
@@ -66,8 +70,28 @@ def test_check_fails_with_a_diff_naming_the_lane(tmp_path, capsys):
     capsys.readouterr()
     assert matrix.main([str(source), "--output", str(out), "--check"]) == 1
     captured = capsys.readouterr()
+    assert ("lane gpt2-causal-hf-cpu: support_tier is 'published_basis' in the committed file, "
+            "'supported_experimental' from the evidence") in captured.out
     assert '-      "support_tier": "published_basis"' in captured.out
     assert "is stale" in captured.err
+
+
+def test_docs_are_generated_with_every_lane(tmp_path):
+    from html.parser import HTMLParser
+
+    source = tmp_path / "cpu.json"
+    source.write_text(json.dumps(results("cpu", ["passed", "failed"])))
+    docs = tmp_path / "docs"
+    assert matrix.main([str(source), "--output", str(tmp_path / "m.json"), "--docs",
+                        str(docs)]) == 0
+    built = json.loads((tmp_path / "m.json").read_text())
+    page = (docs / "support-matrix.html").read_text()
+    HTMLParser().feed(page)  # well-formed enough for a browser; no scripts or external files
+    assert "<script" not in page and "http" not in page.split("</style>")[1]
+    for lane in built["lanes"]:
+        assert lane["lane_id"] in page
+        assert lane["lane_id"] in (docs / "support-matrix.md").read_text()
+    assert "check_1" in page  # the failing check is shown
 
 
 def test_invalid_results_are_refused(tmp_path):
@@ -76,7 +100,14 @@ def test_invalid_results_are_refused(tmp_path):
     assert matrix.main([str(bad), "--output", str(tmp_path / "m.json")]) == 2
 
 
-@pytest.mark.parametrize("name", ["support_matrix"])
-def test_committed_contract_validates(name):
+@pytest.mark.parametrize("name", ["support_matrix", "adapter_capabilities"])
+def test_committed_contracts_validate(name):
     committed = json.loads(Path(data_path("contracts", f"{name}.json")).read_text())
     assert validate(committed, name) == []
+
+
+def test_committed_contracts_agree_with_each_other():
+    from pytest_invarlock.capabilities import contract
+
+    lanes = json.loads(Path(data_path("contracts", "support_matrix.json")).read_text())["lanes"]
+    assert {lane["adapter"] for lane in lanes} <= set(contract())
