@@ -9,10 +9,6 @@ if TYPE_CHECKING:
 
 #: Members every adapter must have (spec 000, "Base Adapter Interface").
 CORE_MEMBERS: tuple[str, ...] = ("name", "can_handle", "describe", "snapshot", "restore")
-#: Conveniences of the HF mixin; checks that need them are skipped when an adapter lacks them.
-HF_MEMBERS: tuple[str, ...] = ("load_model", "snapshot_chunked", "restore_chunked")
-#: describe() keys every adapter must report.
-REQUIRED_DESCRIBE_KEYS: tuple[str, ...] = ("n_layer", "heads_per_layer", "mlp_dims", "tying")
 
 
 @runtime_checkable
@@ -21,7 +17,10 @@ class ModelAdapter(Protocol):
 
     ``snapshot`` returns a bytes-like buffer (``bytes``, ``bytearray`` or ``memoryview``);
     ``restore`` accepts any bytes-like buffer and either fully succeeds or raises and leaves the
-    model untouched.
+    model untouched. The conformance run also uses the HF conveniences
+    ``load_model(model_id, device="auto", **hf_kwargs)`` and, when present,
+    ``snapshot_chunked(model, *, prefix=...) -> str`` / ``restore_chunked(model, path)``;
+    checks that need a missing one are skipped with the reason.
     """
 
     name: str

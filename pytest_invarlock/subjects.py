@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pytest_invarlock.checks import Check, CheckContext, mutates
 from pytest_invarlock.lanes import Lane, admits, unavailable
@@ -65,6 +66,23 @@ def _family(path: str) -> str | None:
         return None
 
 
+T = TypeVar("T")
+
+
+def _memo(cache: dict[Any, Any], key: Any, make: Callable[[], T],
+          errors: type[Exception]) -> T:
+    """Return ``cache[key]``, made once; a failure is cached too and raised on every call."""
+    if key not in cache:
+        try:
+            cache[key] = make()
+        except errors as exc:
+            cache[key] = exc
+    found = cache[key]
+    if isinstance(found, Exception):
+        raise found
+    return found
+
+
 class Subjects:
     """Instantiate adapters and load (adapter, model) pairs at most once per process."""
 
@@ -88,30 +106,17 @@ class Subjects:
 
     def adapter(self, selector: str) -> Any:
         """Return the adapter instance for ``selector`` (raises :class:`AdapterError`)."""
-        if selector not in self._adapters:
-            try:
-                if selector in self.discovery.problems:
-                    raise AdapterError(self.discovery.problems[selector])
-                self._adapters[selector] = self.spec(selector).instantiate()
-            except AdapterError as exc:
-                self._adapters[selector] = exc
-        found = self._adapters[selector]
-        if isinstance(found, Exception):
-            raise found
-        return found
+        return _memo(self._adapters, selector, lambda: self._instantiate(selector), AdapterError)
+
+    def _instantiate(self, selector: str) -> Any:
+        if selector in self.discovery.problems:
+            raise AdapterError(self.discovery.problems[selector])
+        return self.spec(selector).instantiate()
 
     def load(self, case: Case) -> Subject:
         """Return the subject of ``case``, loading the model on first use only."""
-        key = (case.selector, case.path or case.model)
-        if key not in self._loaded:
-            try:
-                self._loaded[key] = self._load(case)
-            except Exception as exc:
-                self._loaded[key] = exc
-        found = self._loaded[key]
-        if isinstance(found, Exception):
-            raise found
-        return found
+        return _memo(self._loaded, (case.selector, case.path or case.model),
+                     lambda: self._load(case), Exception)
 
     def _load(self, case: Case) -> Subject:
         from pytest_invarlock import state
