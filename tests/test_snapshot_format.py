@@ -111,3 +111,16 @@ def test_restore_refuses_non_buffers(model):
 def test_snapshot_directory_uses_prefix(model, tmp_path):
     path = HFCausalAdapter().snapshot_chunked(model, prefix="mine-", directory=str(tmp_path))
     assert os.path.basename(path).startswith("mine-")
+
+
+def test_a_late_mismatch_does_not_untie_anything_first(model):
+    head = model.lm_head
+    head.weight = torch.nn.Parameter(head.weight.detach().clone() + 1)
+    blob = snap.snapshot_bytes(model)  # lm_head stored apart from the embedding
+    model.tie_weights()  # restoring would untie lm_head again...
+    rotary = model.model.rotary_emb
+    rotary.inv_freq = rotary.inv_freq.double()  # ...but this buffer, checked after it, differs
+    before = state.capture(model)
+    with pytest.raises(SnapshotError, match=r"model\.rotary_emb\.inv_freq"):
+        snap.restore_bytes(model, blob)
+    assert state.diff(model, before) == []  # still tied: nothing was changed

@@ -299,11 +299,13 @@ def _plan(model: nn.Module, specs: list[Spec], aliases: dict[str, str],
             raise SnapshotError(f"{where}: alias {alias!r} points at {stored!r}, which the "
                                 "snapshot does not hold; the snapshot was tampered with")
         _check_match(by_name[stored], slots[alias].tensor, where, alias)
-    plan, claimed = [], set()
     order = {name: i for i, name in enumerate(slots)}
-    for spec in sorted(specs, key=lambda s: order[s.name]):
+    ordered = sorted(specs, key=lambda s: order[s.name])
+    for spec in ordered:  # every check passes before anything below changes the model
+        _check_match(spec, slots[spec.name].tensor, where, spec.name)
+    plan, claimed = [], set()
+    for spec in ordered:
         target = slots[spec.name].tensor
-        _check_match(spec, target, where, spec.name)
         key = _storage_key(target)
         if key in claimed:
             target = _untie(model, slots[spec.name])
