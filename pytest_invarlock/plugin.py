@@ -113,7 +113,7 @@ class InvarlockRun:
                          self.collector.sorted())
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        """Print the adapter x model outcome matrix and how to reproduce each failure."""
+        """Print the check x adapter outcome matrix, expected failures and how to reproduce."""
         records = self.collector.sorted()
         if not records:
             return
@@ -149,11 +149,14 @@ class InvarlockRun:
 
     def adapter_rows(self) -> list[dict[str, Any]]:
         """Return the adapters of this run with their origin, for headers and reports."""
-        names = sorted({c.adapter for c in self.cases()} - {"none"})
+        first: dict[str, Any] = {}
+        for case in self.cases():
+            first.setdefault(case.adapter, case)
+        first.pop("none", None)
         rows = []
-        for case in [next(c for c in self.cases() if c.adapter == n) for n in names]:
+        for name, case in sorted(first.items()):
             spec = self.subjects.spec(case.selector)
-            rows.append({"name": spec.name, "target": spec.target, "origin": spec.origin,
+            rows.append({"name": name, "target": spec.target, "origin": spec.origin,
                          "distribution": spec.distribution, "version": spec.version})
         return rows
 

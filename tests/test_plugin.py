@@ -87,6 +87,7 @@ def test_external_adapter_and_model_run_the_same_checks(suite, fixture_dir, tmp_
     payload, recs = records(suite.path / "r.json")
     assert {r[0] for r in recs} == {"mine"} and len(recs) == N_CHECKS
     assert payload["adapters"][0]["origin"] == "path"
+    assert payload["adapters"][0]["name"] == "mine"  # as the records name it, not the class
 
 
 def test_failure_names_adapter_model_fix_and_how_to_reproduce(suite, fixture_dir):
