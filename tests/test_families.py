@@ -5,6 +5,7 @@ from functools import cache
 
 import pytest
 
+from pytest_invarlock import truth
 from pytest_invarlock.adapters import auto, roles
 from pytest_invarlock.checks import CheckContext, describe
 from pytest_invarlock.errors import CheckFailed
@@ -97,8 +98,37 @@ def test_every_family_has_fields_broken():
         fields.setdefault(name, set()).add(field)
     assert set(fields) == set(FIXTURES)
     assert all({"heads", "mlp_width"} <= f for f in fields.values())
-    assert {name for name, field in CASES if field == "experts"} == {"mixtral", "olmoe",
-                                                                     "qwen3-moe"}
+    assert {name for name, field in CASES if field == "experts"} == {
+        "mixtral", "olmoe", "qwen3-moe", "qwen3-moe-interleaved"}
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_reference_adapter_reports_per_layer_attention_kinds_truly(name: str) -> None:
+    adapter, model = loaded(name)
+    arch, found = adapter.describe(model)["architecture"], truth.derive(model)
+    assert arch.get("layer_types") == (list(found.layer_types) if found.layer_types else None)
+    assert arch.get("sliding_window") == found.sliding_window
+
+
+# fixture -> what makes its layers differ, as derive() and the reference adapter must see it
+HETEROGENEOUS = {
+    "qwen3-moe-interleaved": {"mlp_dims": [128, 32, 128, 32], "num_experts": 4},
+    "gemma3-text-sliding": {"layer_types": ["sliding_attention", "full_attention"] * 2,
+                            "sliding_window": 8},
+    "gemma3n-text": {"mlp_dims": [96, 128, 64, 160],
+                     "layer_types": ["sliding_attention", "full_attention"] * 2},
+}
+
+
+@pytest.mark.parametrize("name", sorted(HETEROGENEOUS))
+def test_heterogeneous_layers_are_described_layer_by_layer(name: str) -> None:
+    adapter, model = loaded(name)
+    desc = adapter.describe(model)
+    reported = {**desc, **desc["architecture"]}
+    for key, value in HETEROGENEOUS[name].items():
+        assert reported[key] == value, key
+    for field in ("mlp_width", "heads"):
+        assert (name, field) in CASES
 
 
 @pytest.mark.parametrize(("name", "field"), CASES, ids=[f"{n}-{f}" for n, f in CASES])

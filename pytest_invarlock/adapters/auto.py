@@ -68,6 +68,8 @@ def role_adapter(config: Any) -> str:
     archs = [str(a) for a in _get(config, "architectures") or []]
     if _get(config, "vision_config") is not None:
         return "hf_multimodal"
+    if _get(config, "is_decoder") and not _get(config, "is_encoder_decoder"):
+        return "hf_causal"  # a decoder-only variant (BartForCausalLM, a BERT decoder)
     if _get(config, "is_encoder_decoder") or model_type in roles.SEQ2SEQ_FAMILIES:
         return "hf_seq2seq"
     if model_type in roles.MLM_FAMILIES or any(a.endswith("ForMaskedLM") for a in archs):

@@ -46,8 +46,9 @@ class HFRoleAdapter(HFAdapterBase):
     def describe(self, model: nn.Module) -> dict[str, Any]:
         """Describe layers, heads, MLP widths, ties and architecture from modules and config."""
         config = structure.text_config(model)
+        stacks = structure.stacks(model)
         heads, kv, mlp = [], [], []
-        for name, layers in structure.stacks(model):
+        for name, layers in stacks:
             h, k = structure.head_counts(config, name)
             heads += [h] * len(layers)
             kv += [k] * len(layers)
@@ -59,7 +60,7 @@ class HFRoleAdapter(HFAdapterBase):
             "model_class": type(model).__name__,
             "total_params": sum(p.numel() for p in model.parameters()),
             "device": str(next(model.parameters()).device),
-            "architecture": self._architecture(model, config, heads[0], kv[0]),
+            "architecture": self._architecture(model, config, stacks, heads[0], kv[0]),
         }
         if kv[0] != heads[0]:
             desc["gqa_config"] = {"num_attention_heads": heads[0], "num_key_value_heads": kv[0],
@@ -67,35 +68,66 @@ class HFRoleAdapter(HFAdapterBase):
                                   "gqa_ratio": heads[0] / kv[0]}
         return desc
 
-    def _architecture(self, model: nn.Module, config: Any, heads: int, kv: int) -> dict[str, Any]:
+    def _attention(self, config: Any, stacks: list[structure.Stack], heads: int, kv: int) -> str:
+        """Return the role's attention, narrowed to what this model holds.
+
+        One stack of an encoder-decoder family (``BartForCausalLM``, ``T5EncoderModel``) attends
+        like a decoder or an encoder; an encoder whose self-attention is causal (a BERT-family
+        model configured ``is_decoder``) is causal.
+        """
         attention = self.attention
+        if attention == "encoder-decoder" and len(stacks) == 1:
+            attention = "causal" if "decoder" in stacks[0][0] else "bidirectional"
+        if attention == "bidirectional" and structure.causal(stacks[0][1][0]):
+            attention = "causal"
         if attention == "causal" and kv != heads:
             attention = "mqa" if kv == 1 else "gqa"
-        first_layer = structure.stacks(model)[0][1][0]
+        return attention
+
+    def _architecture(self, model: nn.Module, config: Any, stacks: list[structure.Stack],
+                      heads: int, kv: int) -> dict[str, Any]:
+        first_layer = stacks[0][1][0]
         arch: dict[str, Any] = {
-            "attention_type": attention,
+            "attention_type": self._attention(config, stacks, heads, kv),
             "normalization_type": structure.normalization(model),
             "activation": structure.activation(config, first_layer),
             "positional_encoding": structure.positional(model, config),
         }
+        arch = {key: value for key, value in arch.items() if value is not None}
         experts = structure.experts(model)
         if experts is not None:
             arch["num_experts"] = experts
             arch["num_experts_per_tok"] = int(config.num_experts_per_tok)
+        kinds = structure.layer_types([layer for _, layers in stacks for layer in layers])
+        if kinds is not None:
+            arch["layer_types"], window = kinds
+            if window is not None:
+                arch["sliding_window"] = window
         return arch
 
 
 class HFCausalAdapter(HFRoleAdapter):
-    """Decoder-only causal LMs (dense, MoE, GPT-2 like), loaded with AutoModelForCausalLM."""
+    """Decoder-only causal LMs (dense, MoE, GPT-2 like), loaded with AutoModelForCausalLM.
+
+    Also the decoder-only variants of other families: ``BartForCausalLM`` (the decoder stack of
+    an encoder-decoder family) and BERT-family LM heads configured ``is_decoder=True``.
+    """
 
     name: ClassVar[str] = "hf_causal"
     auto_class: ClassVar[str] = "AutoModelForCausalLM"
     suffixes: ClassVar[tuple[str, ...]] = ("ForCausalLM", "LMHeadModel")
 
     def _accepts(self, model: nn.Module, config: Any) -> bool:
-        """Refuse encoder and encoder-decoder families, even loaded as *ForCausalLM/LMHeadModel."""
+        """Refuse encoder-decoders, and encoder families unless configured as decoders.
+
+        An MLM or seq2seq family loaded as *ForCausalLM / LMHeadModel is a causal LM only when its
+        config says ``is_decoder`` (BartForCausalLM sets it; a BERT head without it attends
+        bidirectionally) and it is not an encoder-decoder.
+        """
+        if getattr(config, "is_encoder_decoder", False):
+            return False
         family = getattr(config, "model_type", None)
-        if family in MLM_FAMILIES | SEQ2SEQ_FAMILIES or getattr(config, "is_encoder_decoder", False):
+        if family in MLM_FAMILIES | SEQ2SEQ_FAMILIES and not getattr(config, "is_decoder", False):
             return False
         return super()._accepts(model, config)
 

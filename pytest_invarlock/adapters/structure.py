@@ -13,15 +13,16 @@ from torch import nn
 
 Stack = tuple[str, nn.ModuleList]
 
-#: Layer lists, in the order a model's stacks are described (encoder before decoder).
+#: Layer lists inside a base model, in the order a model's stacks are described (encoder before
+#: decoder); a model holding one stack of an encoder-decoder family matches a one-path entry.
 STACK_PATHS: tuple[tuple[str, ...], ...] = (
-    ("encoder.block", "decoder.block"), ("model.encoder.layers", "model.decoder.layers"),
-    ("model.layers",), ("model.language_model.layers",), ("transformer.h",),
-    ("gpt_neox.layers",), ("model.decoder.layers",),
-    *((f"{p}encoder.layer",) for p in ("bert.", "roberta.", "electra.", "deberta.", "")),
-    ("distilbert.transformer.layer",), ("transformer.layer",),
+    ("encoder.block", "decoder.block"), ("encoder.layers", "decoder.layers"),
+    ("layers",), ("h",), ("decoder.layers",), ("encoder.layer",), ("transformer.layer",),
+    ("decoder.block",), ("encoder.block",), ("encoder.layers",),
 )
-ALBERT_GROUPS = ("albert.encoder.albert_layer_groups", "encoder.albert_layer_groups")
+ALBERT_GROUPS = "encoder.albert_layer_groups"
+#: Attributes that lead from a model to the module holding its layers (after base_model_prefix).
+INNER_MODELS = ("language_model",)
 
 
 def text_config(model: nn.Module) -> Any:
@@ -37,18 +38,39 @@ def _module(model: nn.Module, path: str) -> nn.Module | None:
         return None
 
 
+def base_paths(model: nn.Module) -> list[str]:
+    """Return the model, then its base model, then the language model inside it, as path prefixes.
+
+    Follows ``base_model_prefix`` (``transformer``, ``model``, ``bert`` ...) and then
+    ``language_model`` while they lead to a module not seen yet, so a task head, a causal-LM
+    wrapper and a multimodal model all lead to the module that holds the layer lists.
+    """
+    prefixes, module, prefix, seen = [""], model, "", {id(model)}
+    while True:
+        for attr in (str(getattr(module, "base_model_prefix", "") or ""), *INNER_MODELS):
+            child = getattr(module, attr, None) if attr else None
+            if isinstance(child, nn.Module) and id(child) not in seen:
+                break
+        else:
+            return prefixes
+        seen.add(id(child))
+        module, prefix = child, f"{prefix}{attr}."
+        prefixes.append(prefix)
+
+
 def stacks(model: nn.Module) -> list[Stack]:
     """Return the model's layer lists as ``(name, layers)`` pairs."""
-    for paths in STACK_PATHS:
-        found = [_module(model, p) for p in paths]
-        if all(isinstance(f, nn.ModuleList) for f in found):
-            return list(zip(paths, found, strict=True))  # type: ignore[arg-type]
-    for path in ALBERT_GROUPS:
-        groups = _module(model, path)
+    for base in base_paths(model):
+        for paths in STACK_PATHS:
+            found = [_module(model, base + p) for p in paths]
+            lists = [f for f in found if isinstance(f, nn.ModuleList) and len(f)]
+            if len(lists) == len(paths):
+                return [(base + p, f) for p, f in zip(paths, lists, strict=True)]
+        groups = _module(model, base + ALBERT_GROUPS)
         if isinstance(groups, nn.ModuleList):
             shared = groups[0].albert_layers[0]
             count = text_config(model).num_hidden_layers
-            return [(path, nn.ModuleList([shared] * count))]
+            return [(base + ALBERT_GROUPS, nn.ModuleList([shared] * count))]
     raise ValueError(f"{type(model).__name__}: no layer list at any known path")
 
 
@@ -107,6 +129,40 @@ def head_counts(config: Any, stack: str) -> tuple[int, int]:
     return heads, int(getattr(config, "num_key_value_heads", None) or heads)
 
 
+def causal(layer: nn.Module) -> bool:
+    """Return whether a layer's self-attention masks future tokens (its ``is_causal`` flag)."""
+    return any(vars(module).get("is_causal") is True for module in layer.modules())
+
+
+def layer_type(layer: nn.Module) -> tuple[str, int | None] | None:
+    """Return the attention kind of a layer and its window, as its attention module records them.
+
+    transformers' attention modules of families with ``config.layer_types`` keep ``layer_type``
+    (``full_attention``, ``sliding_attention``) and ``sliding_window``; None when none does.
+    """
+    for module in layer.modules():
+        kind = vars(module).get("layer_type")
+        if isinstance(kind, str):
+            window = vars(module).get("sliding_window")
+            return kind, int(window) if isinstance(window, int) else None
+    return None
+
+
+def layer_types(layers: list[nn.Module]) -> tuple[list[str], int | None] | None:
+    """Return every layer's attention kind and the sliding window (None: layers record none)."""
+    found = [layer_type(layer) for layer in layers]
+    known = [f for f in found if f is not None]
+    if not known:
+        return None
+    if len(known) != len(found):
+        missing = [i for i, f in enumerate(found) if f is None]
+        raise ValueError(f"layers {missing} record no attention kind, the others do")
+    windows = {window for kind, window in known if kind == "sliding_attention"}
+    if len(windows) > 1:
+        raise ValueError(f"sliding layers use different windows {windows}")
+    return [kind for kind, _ in known], next(iter(windows), None)
+
+
 def head_dim(config: Any, heads: int) -> int:
     """Return the per-head width."""
     return int(getattr(config, "head_dim", None) or getattr(config, "d_kv", None)
@@ -129,9 +185,21 @@ _ACT_FIELDS = ("hidden_activation", "hidden_act", "activation_function", "activa
                "dense_act_fn")
 
 
-def activation(config: Any, layer: nn.Module) -> str:
-    """Return the MLP activation, named ``swiglu``/``geglu`` when the MLP is gated."""
-    act = next(str(getattr(config, f)) for f in _ACT_FIELDS if getattr(config, f, None))
+_ACT_MODULES = (("gelu", "gelu"), ("silu", "silu"), ("swish", "silu"), ("relu", "relu"))
+
+
+def activation(config: Any, layer: nn.Module) -> str | None:
+    """Return the MLP activation, named ``swiglu``/``geglu`` when the MLP is gated.
+
+    The config names it in most families; otherwise (BLOOM) the activation module's class does.
+    None when neither says.
+    """
+    act = next((str(getattr(config, f)) for f in _ACT_FIELDS if getattr(config, f, None)), None)
+    if act is None:
+        kinds = [type(m).__name__.lower() for m in layer.modules()]
+        act = next((name for key, name in _ACT_MODULES for k in kinds if key in k), None)
+        if act is None:
+            return None
     names = {n.rpartition(".")[2] for n, _ in layer.named_modules()}
     params = {n.rpartition(".")[2] for n, _ in layer.named_parameters()}
     gated = bool({"gate_proj", "gate_up_proj", "wi_0"} & (names | params))
