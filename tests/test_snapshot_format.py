@@ -124,3 +124,200 @@ def test_a_late_mismatch_does_not_untie_anything_first(model):
     with pytest.raises(SnapshotError, match=r"model\.rotary_emb\.inv_freq"):
         snap.restore_bytes(model, blob)
     assert state.diff(model, before) == []  # still tied: nothing was changed
+
+
+# --------------------------------------------------------------------------- chunk handles
+
+
+def _chunk_files(path):
+    manifest = json.loads((Path(path) / "manifest.json").read_text())
+    return [Path(path) / c["file"] for c in manifest["chunks"]]
+
+
+def _bits(model):
+    return {n: state.bits(s.tensor).clone() for n, s in snap.model_slots(model).items()}
+
+
+def _assert_bits(model, expected):
+    got = _bits(model)
+    assert set(got) == set(expected)
+    for name, b in expected.items():
+        assert torch.equal(got[name], b), name
+
+
+def test_chunk_swapped_after_verification_is_never_read(model, tmp_path, monkeypatch):
+    verified = _bits(model)
+    path = snap.snapshot_chunked(model, directory=tmp_path, chunk_bytes=4096)
+    state.perturb(model, seed=1)
+    swapped_in = _bits(model)
+    other = snap.snapshot_chunked(model, directory=tmp_path, chunk_bytes=4096)
+    assert [f.name for f in _chunk_files(path)] == [f.name for f in _chunk_files(other)]
+    state.perturb(model, seed=2)
+    real_open_chunk = snap._open_chunk
+    swapped = []
+
+    def open_then_swap(root, entry, stack):
+        chunk = real_open_chunk(root, entry, stack)  # opened and verified...
+        os.replace(Path(other) / entry["file"], Path(root) / entry["file"])  # ...then replaced
+        swapped.append(entry["file"])
+        return chunk
+
+    monkeypatch.setattr(snap, "_open_chunk", open_then_swap)
+    snap.restore_chunked(model, path)
+    assert swapped == [f.name for f in _chunk_files(path)]  # every chunk was swapped on disk
+    _assert_bits(model, verified)  # yet only the verified bytes were restored
+    assert any(not torch.equal(verified[n], swapped_in[n]) for n in verified)
+
+
+def test_each_chunk_file_is_opened_exactly_once(model, tmp_path, monkeypatch):
+    import builtins
+    import io
+
+    path = snap.snapshot_chunked(model, directory=tmp_path, chunk_bytes=4096)
+    chunks = {f.name for f in _chunk_files(path)}
+    opened: list[str] = []
+
+    def counting(real):
+        def wrapper(file, *args, **kwargs):
+            if isinstance(file, (str, os.PathLike)) and os.path.basename(os.fspath(file)) in chunks:
+                opened.append(os.path.basename(os.fspath(file)))
+            return real(file, *args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(os, "open", counting(os.open))
+    monkeypatch.setattr(builtins, "open", counting(builtins.open))
+    monkeypatch.setattr(io, "open", counting(io.open))
+    state.perturb(model)
+    snap.restore_chunked(model, path)
+    assert sorted(opened) == sorted(chunks)  # each chunk once, none twice
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 4096, snap.DEFAULT_CHUNK_BYTES])
+def test_multi_chunk_snapshots_round_trip_bit_exactly(model, tmp_path, chunk_bytes):
+    with torch.no_grad():  # values a float comparison would blur: -0.0, NaN payloads, infinities
+        w = model.model.layers[0].mlp.up_proj.weight.view(-1)
+        w[:4] = torch.tensor([-0.0, float("inf"), float("-inf"), 0.0])
+        w[4:6].view(torch.int32).copy_(torch.tensor([0x7FC00001, -0x3FFFFF]))
+    expected = _bits(model)
+    path = snap.snapshot_chunked(model, directory=tmp_path, chunk_bytes=chunk_bytes)
+    files = _chunk_files(path)
+    assert (len(files) > 10) if chunk_bytes == 1 else len(files) >= 1
+    for file in files:  # every chunk is a safetensors file in its own right
+        assert safetensors.torch.load_file(str(file))
+    state.perturb(model)
+    snap.restore_chunked(model, path)
+    _assert_bits(model, expected)
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # tie re-bound
+
+
+def test_new_snapshots_record_the_checksum_algorithm(model, tmp_path):
+    path = snap.snapshot_chunked(model, directory=tmp_path, chunk_bytes=4096)
+    manifest = json.loads((Path(path) / "manifest.json").read_text())
+    for chunk in manifest["chunks"]:
+        assert len(chunk["xxh3_128"]) == 32 and "sha256" not in chunk
+    blob = bytes(snap.snapshot_bytes(model))
+    n = int.from_bytes(blob[:8], "little")
+    meta = json.loads(blob[8:8 + n])["__metadata__"]
+    assert set(json.loads(meta["xxh3_128"])) == set(snap.unique_tensors(model)[0])
+    assert "crc32" not in meta
+
+
+def _legacy_manifest(path):
+    """Rewrite a manifest the way snapshots before xxh3 were written (sha256 per chunk)."""
+    import hashlib
+
+    file = Path(path) / "manifest.json"
+    manifest = json.loads(file.read_text())
+    for chunk in manifest["chunks"]:
+        del chunk["xxh3_128"]
+        chunk["sha256"] = hashlib.sha256((Path(path) / chunk["file"]).read_bytes()).hexdigest()
+    file.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+
+
+def test_old_sha256_manifests_still_restore(model, tmp_path):
+    expected = _bits(model)
+    path = snap.snapshot_chunked(model, directory=tmp_path, chunk_bytes=4096)
+    _legacy_manifest(path)
+    state.perturb(model)
+    snap.restore_chunked(model, path)
+    _assert_bits(model, expected)
+
+
+def test_old_sha256_manifests_are_still_verified(model, tmp_path):
+    path = snap.snapshot_chunked(model, directory=tmp_path, chunk_bytes=4096)
+    _legacy_manifest(path)
+    last = _chunk_files(path)[-1]
+    data = bytearray(last.read_bytes())
+    data[-1] ^= 1
+    last.write_bytes(bytes(data))
+    state.perturb(model)
+    before = state.capture(model)
+    with pytest.raises(SnapshotError, match="sha256 checksum"):
+        snap.restore_chunked(model, path)
+    assert state.diff(model, before) == []
+
+
+def test_old_crc32_bytes_snapshots_still_restore(model):
+    import zlib
+
+    tensors, aliases = snap.unique_tensors(model)
+    data = {n: t.detach().contiguous() for n, t in tensors.items()}
+    crcs = {n: f"{zlib.crc32(state.bits(t).numpy().tobytes()):08x}" for n, t in data.items()}
+    blob = safetensors.torch.save(data, metadata={
+        "format": snap.FORMAT, "aliases": json.dumps(aliases), "crc32": json.dumps(crcs)})
+    expected = _bits(model)
+    state.perturb(model)
+    snap.restore_bytes(model, blob)
+    _assert_bits(model, expected)
+
+
+def test_a_corrupted_late_chunk_leaves_the_model_untouched(model, tmp_path):
+    path = snap.snapshot_chunked(model, directory=tmp_path, chunk_bytes=4096)
+    last = _chunk_files(path)[-1]
+    data = bytearray(last.read_bytes())
+    data[-1] ^= 0x80
+    last.write_bytes(bytes(data))
+    state.perturb(model)
+    before = state.capture(model)
+    with pytest.raises(SnapshotError, match="xxh3_128 checksum"):
+        snap.restore_chunked(model, path)
+    assert state.diff(model, before) == []
+
+
+def test_a_symlinked_chunk_is_refused(model, tmp_path):
+    path = snap.snapshot_chunked(model, directory=tmp_path, chunk_bytes=4096)
+    first = _chunk_files(path)[0]
+    moved = tmp_path / "elsewhere.safetensors"
+    os.replace(first, moved)
+    first.symlink_to(moved)  # same bytes, but reached through a link
+    with pytest.raises(SnapshotError, match="cannot be opened"):
+        snap.restore_chunked(model, path)
+
+
+def test_non_contiguous_targets_go_through_one_bounded_buffer(model, tmp_path, monkeypatch):
+    proj = model.model.layers[0].mlp.up_proj
+    proj.weight = torch.nn.Parameter(proj.weight.detach().t().contiguous().t())
+    assert not proj.weight.is_contiguous()
+    expected = _bits(model)
+    path = snap.snapshot_chunked(model, directory=tmp_path)
+    state.perturb(model)
+    sizes = []
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: sizes.append(a) or real_empty(*a, **k))
+    snap.restore_chunked(model, path)
+    assert sizes == [(proj.weight.numel() * proj.weight.element_size(),)]  # one tensor's worth
+    _assert_bits(model, expected)
+    assert not proj.weight.is_contiguous()  # restored in place, layout kept
+
+
+def test_bytes_round_trip_through_non_contiguous_tensors(model):
+    proj = model.model.layers[0].mlp.up_proj
+    proj.weight = torch.nn.Parameter(proj.weight.detach().t().contiguous().t())
+    expected = _bits(model)
+    blob = snap.snapshot_bytes(model)  # the non-contiguous source is copied by torch, not memcpy
+    name = "model.layers.0.mlp.up_proj.weight"
+    assert torch.equal(state.bits(safetensors.torch.load(bytes(blob))[name]), expected[name])
+    state.perturb(model)
+    snap.restore_bytes(model, blob)
+    _assert_bits(model, expected)
+    assert not proj.weight.is_contiguous()

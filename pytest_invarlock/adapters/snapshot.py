@@ -5,27 +5,36 @@ A bytes snapshot is one safetensors buffer; a chunked snapshot is a directory ho
 never use pickle, store each tied group once (the other names are listed as aliases), and are
 validated in full (names, shapes, dtypes, checksums) before the model is touched.
 
+Checksums are xxh3_128 (the ``xxhash`` library): per tensor in a bytes snapshot's metadata, per
+chunk file in a chunked snapshot's manifest, each recorded under its algorithm's name. Snapshots
+written before the switch (crc32 per tensor, sha256 per chunk) still restore.
+
 Data is copied straight between the model's tensors and the destination memory (a preallocated
 buffer, or a file through ``write``/``readinto``), so the extra memory is the snapshot itself for
-bytes snapshots and about one tensor for chunked ones.
+bytes snapshots and about one tensor for chunked ones. A chunked restore opens each chunk file
+once, verifies it through that handle and copies from the same handle, so a chunk file replaced
+after it was verified is never read.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
+import stat
 import tempfile
 import warnings
 import zlib
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, Protocol
 
 import torch
+import xxhash
 from torch import nn
 
 from pytest_invarlock.errors import SnapshotError
@@ -37,6 +46,29 @@ DEFAULT_CHUNK_BYTES = 512 * 1024 * 1024
 _ALIGN = 8
 _HEADER_LIMIT = 100 * 1024 * 1024
 _CHUNK_NAME = re.compile(r"^chunk-[0-9]{5}\.safetensors$")
+#: Bytes hashed per read (verifying) or write (snapshotting) of a chunk: small enough to stay in
+#: the CPU cache between the hash and the copy, large enough to keep system calls few.
+_HASH_BLOCK = 1024 * 1024
+#: The most bytes one read/pread call is asked for (Linux caps a call just under 2 GiB).
+_MAX_READ = 1 << 30
+
+
+class _Hasher(Protocol):
+    def update(self, data: bytes | memoryview, /) -> object: ...
+
+    def hexdigest(self) -> str: ...
+
+
+#: The checksum written now: xxh3_128 runs at memory speed and releases the GIL.
+CHECKSUM = "xxh3_128"
+#: Chunk checksums a manifest may carry, preferred first (sha256: snapshots from before xxh3).
+_CHUNK_HASHES: dict[str, Callable[[], _Hasher]] = {"xxh3_128": xxhash.xxh3_128,
+                                                    "sha256": hashlib.sha256}
+#: Per-tensor checksums a bytes snapshot may carry, preferred first (crc32: before xxh3).
+_TENSOR_HASHES: dict[str, Callable[[memoryview], str]] = {
+    "xxh3_128": xxhash.xxh3_128_hexdigest,
+    "crc32": lambda data: f"{zlib.crc32(data):08x}",
+}
 
 _CODES: dict[torch.dtype, str] = {
     torch.float64: "F64",
@@ -153,6 +185,31 @@ def _byte_view(t: torch.Tensor) -> torch.Tensor:
     return flat.contiguous().view(torch.uint8)
 
 
+def _raw_bytes(t: torch.Tensor) -> memoryview | None:
+    """Return a writable byte view of a contiguous CPU tensor's memory, else None."""
+    if t.device.type != "cpu" or not t.is_contiguous() or t.is_conj() or t.is_neg():
+        return None
+    return memoryview(t.detach().reshape(-1).view(torch.uint8).numpy())
+
+
+def _copy_into(dest: torch.Tensor, src: torch.Tensor | memoryview) -> None:
+    """Copy ``src`` (a tensor, or raw bytes) into ``dest`` of the same shape and dtype.
+
+    Between contiguous CPU memory this is one memcpy: ``Tensor.copy_`` fans out to OpenMP
+    threads, which spin-wait and run several times slower when the cores are busy (pytest-xdist
+    workers, CI neighbours).
+    """
+    out = _raw_bytes(dest)
+    raw = src if isinstance(src, memoryview) else _raw_bytes(src)
+    if out is not None and raw is not None:
+        out[:] = raw
+        return
+    if isinstance(src, memoryview):
+        src = _frombuffer(src, dest.dtype, dest.numel(), 0).view(dest.shape)
+    with torch.no_grad():
+        dest.copy_(src.detach())
+
+
 def _frombuffer(buf: object, dtype: torch.dtype, count: int, offset: int) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # read-only bytes: we only ever read them
@@ -170,26 +227,27 @@ def snapshot_bytes(model: nn.Module) -> memoryview:
     """
     tensors, aliases = unique_tensors(model)
     specs = _layout(tensors)
-    header = _header_bytes(specs, _metadata(aliases, {s.name: "0" * 8 for s in specs}))
+    digest = _TENSOR_HASHES[CHECKSUM]
+    blank = "0" * len(digest(memoryview(b"")))
+    header = _header_bytes(specs, _metadata(aliases, {s.name: blank for s in specs}))
     start = 8 + len(header)
     out = torch.empty(start + (specs[-1].end if specs else 0), dtype=torch.uint8)
     view = memoryview(out.numpy())
-    crcs: dict[str, str] = {}
-    with torch.no_grad():
-        for s in specs:
-            if s.nbytes:
-                slot = out[start + s.begin:start + s.end].view(s.dtype).view(s.shape)
-                slot.copy_(tensors[s.name].detach())
-            crcs[s.name] = f"{zlib.crc32(view[start + s.begin:start + s.end]):08x}"
-    final = _header_bytes(specs, _metadata(aliases, crcs))
+    digests: dict[str, str] = {}
+    for s in specs:
+        if s.nbytes:
+            _copy_into(out[start + s.begin:start + s.end].view(s.dtype).view(s.shape),
+                       tensors[s.name])
+        digests[s.name] = digest(view[start + s.begin:start + s.end])
+    final = _header_bytes(specs, _metadata(aliases, digests))
     assert len(final) == len(header)
     view[:start] = len(final).to_bytes(8, "little") + final
     return view.toreadonly()
 
 
-def _metadata(aliases: dict[str, str], crcs: dict[str, str]) -> dict[str, str]:
+def _metadata(aliases: dict[str, str], digests: dict[str, str]) -> dict[str, str]:
     return {"format": FORMAT, "aliases": json.dumps(aliases, sort_keys=True),
-            "crc32": json.dumps(crcs, sort_keys=True)}
+            CHECKSUM: json.dumps(digests, sort_keys=True)}
 
 
 def _parse_header(raw: bytes, total: int, where: str) -> tuple[dict[str, str], list[Spec], int]:
@@ -249,16 +307,23 @@ def _check_tiling(specs: list[Spec], data_len: int, where: str) -> None:
 
 
 def _parse_meta(meta: dict[str, str], expected_format: str, where: str) -> tuple[
-        dict[str, str], dict[str, str]]:
+        dict[str, str], str, dict[str, str]]:
+    """Return the aliases, the per-tensor checksum algorithm and its digests by tensor name."""
     if meta.get("format") != expected_format:
         raise SnapshotError(f"{where} has format {meta.get('format')!r}, expected "
                             f"{expected_format!r}; take snapshots with this adapter's snapshot()")
+    algorithm = next((a for a in _TENSOR_HASHES if a in meta), None)
+    if algorithm is None:
+        raise SnapshotError(f"{where} carries no checksum table (one of {list(_TENSOR_HASHES)}); "
+                            "it is not a snapshot written by this adapter")
     try:
         aliases = json.loads(meta.get("aliases", "{}"))
-        crcs = json.loads(meta.get("crc32", "{}"))
+        digests = json.loads(meta[algorithm])
     except json.JSONDecodeError:
         raise SnapshotError(f"{where}: unreadable alias or checksum table") from None
-    return aliases, crcs
+    if not (isinstance(aliases, dict) and isinstance(digests, dict)):
+        raise SnapshotError(f"{where}: the alias and checksum tables must be JSON objects")
+    return aliases, algorithm, digests
 
 
 def restore_bytes(model: nn.Module, blob: bytes | bytearray | memoryview) -> None:
@@ -267,21 +332,19 @@ def restore_bytes(model: nn.Module, blob: bytes | bytearray | memoryview) -> Non
         raise SnapshotError(f"restore() takes a bytes-like snapshot, got {type(blob).__name__}")
     where = "snapshot"
     meta, specs, start = _parse_header(memoryview(blob)[:_HEADER_LIMIT + 8], len(blob), where)
-    aliases, crcs = _parse_meta(meta, FORMAT, where)
+    aliases, algorithm, digests = _parse_meta(meta, FORMAT, where)
+    digest = _TENSOR_HASHES[algorithm]
     view = memoryview(blob)
     for s in specs:
-        got = f"{zlib.crc32(view[start + s.begin:start + s.end]):08x}"
-        if crcs.get(s.name) != got:
-            raise SnapshotError(f"snapshot tensor {s.name!r} fails its crc32 checksum "
-                                f"({got} != {crcs.get(s.name)!r}): the snapshot was corrupted or "
-                                "tampered with; take a new snapshot")
+        got = digest(view[start + s.begin:start + s.end])
+        if digests.get(s.name) != got:
+            raise SnapshotError(f"snapshot tensor {s.name!r} fails its {algorithm} checksum "
+                                f"({got} != {digests.get(s.name)!r}): the snapshot was corrupted "
+                                "or tampered with; take a new snapshot")
     plan = _plan(model, specs, aliases, where)
     for spec, target in plan:
         if spec.nbytes:
-            src = _frombuffer(blob, spec.dtype, spec.nbytes // spec.dtype.itemsize,
-                              start + spec.begin)
-            with torch.no_grad():
-                target.copy_(src.view(spec.shape))
+            _copy_into(target, view[start + spec.begin:start + spec.end])
     _rebind_aliases(model, aliases)
 
 
@@ -409,44 +472,69 @@ def _write_chunk(path: Path, group: list[Spec], tensors: dict[str, torch.Tensor]
     base = group[0].begin if group else 0
     local = [Spec(s.name, s.dtype, s.shape, s.begin - base, s.end - base) for s in group]
     header = _header_bytes(local, {"format": FORMAT + "-chunk"})
-    digest = hashlib.sha256()
-    # hashlib and file writes both release the GIL: hash each piece while it is being written
-    with open(path, "xb") as f, ThreadPoolExecutor(max_workers=1) as hasher:
-        for piece in (len(header).to_bytes(8, "little"), header):
-            f.write(piece)
-            digest.update(piece)
+    digest = _CHUNK_HASHES[CHECKSUM]()
+    with open(path, "xb", buffering=0) as f:
+        for head in (len(header).to_bytes(8, "little"), header):
+            _write_all(f, memoryview(head))
+            digest.update(head)
         for s in local:
             data = memoryview(_byte_view(tensors[s.name]).numpy())
-            hashed = hasher.submit(digest.update, data)
-            f.write(data)
-            hashed.result()
+            for at in range(0, len(data), _HASH_BLOCK):
+                piece = data[at:at + _HASH_BLOCK]
+                digest.update(piece)  # brings the piece into the cache for the write below
+                _write_all(f, piece)
         size = f.tell()
-    return {"file": path.name, "sha256": digest.hexdigest(), "bytes": size,
+    return {"file": path.name, CHECKSUM: digest.hexdigest(), "bytes": size,
             "tensors": [s.name for s in local]}
 
 
+def _write_all(f: io.FileIO, data: memoryview) -> None:
+    while data:
+        written = f.write(data[:_MAX_READ])
+        if not written:
+            raise SnapshotError(f"{f.name}: the write made no progress (disk full?)")
+        data = data[written:]
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """A chunk file opened once and verified through that handle; ``specs`` are file offsets."""
+
+    file: Path
+    handle: io.FileIO
+    specs: list[Spec]
+
+
 def restore_chunked(model: nn.Module, path: str | os.PathLike[str]) -> None:
-    """Restore a directory written by :func:`snapshot_chunked`; validate everything first."""
+    """Restore a directory written by :func:`snapshot_chunked`; validate everything first.
+
+    Each chunk file is opened exactly once. Its size, checksum and header are verified through
+    that handle, and after every chunk and the whole plan (names, shapes, dtypes against the
+    model) have passed, the tensors are read from the same handles straight into the model. A
+    file swapped in under a chunk's name once it was opened is therefore never read.
+    """
     root = Path(path)
     manifest = _read_manifest(root)
     aliases = manifest["aliases"]
-    located: list[tuple[Path, Spec]] = []
-    for chunk in manifest["chunks"]:
-        located.extend(_verify_chunk(root, chunk))
-    names = [spec.name for _, spec in located]
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise SnapshotError(f"{root}: tensors {_few(dup)} appear in more than one chunk")
-    where_of = {spec.name: (file, spec) for file, spec in located}
-    plan = _plan(model, [s for _, s in located], aliases, str(root))
-    for spec, target in plan:
-        file, _ = where_of[spec.name]
-        with open(file, "rb") as f:
-            _read_into(f, spec, target)
+    with ExitStack() as stack:
+        chunks = [_open_chunk(root, entry, stack) for entry in manifest["chunks"]]
+        located = [(chunk, spec) for chunk in chunks for spec in chunk.specs]
+        names = [spec.name for _, spec in located]
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise SnapshotError(f"{root}: tensors {_few(dup)} appear in more than one chunk")
+        home = {spec.name: (index, chunk) for index, chunk in enumerate(chunks)
+                for spec in chunk.specs}
+        plan = _plan(model, [s for _, s in located], aliases, str(root))
+        # Nothing above changed the model; from here on only reads of verified handles remain.
+        plan.sort(key=lambda item: (home[item[0].name][0], item[0].begin))  # file order
+        staging = _Staging()
+        for spec, target in plan:
+            _read_into(home[spec.name][1], spec, target, staging)
     _rebind_aliases(model, aliases)
 
 
-def _read_manifest(root: Path) -> dict:
+def _read_manifest(root: Path) -> dict[str, Any]:
     file = root / MANIFEST
     if not root.is_dir() or not file.is_file() or file.is_symlink():
         raise SnapshotError(f"{root} is not a chunked snapshot: {file} is missing (was the "
@@ -471,42 +559,111 @@ def _read_manifest(root: Path) -> dict:
     return manifest
 
 
-def _verify_chunk(root: Path, chunk: dict) -> list[tuple[Path, Spec]]:
-    file = root / chunk["file"]
-    if file.is_symlink() or not file.is_file():
-        raise SnapshotError(f"chunk {file} is missing or not a regular file")
-    size = file.stat().st_size
-    if size != chunk.get("bytes"):
-        raise SnapshotError(f"chunk {file} is {size} bytes, the manifest says {chunk.get('bytes')}"
+_HAS_PREADV = hasattr(os, "preadv")
+_OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+               | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+
+
+def _open_chunk(root: Path, entry: dict[str, Any], stack: ExitStack) -> _Chunk:
+    """Open one chunk file (once), verify it through the handle and return the open chunk."""
+    file = root / entry["file"]
+    try:
+        # O_NOFOLLOW refuses a symlink and O_NONBLOCK keeps a FIFO from blocking the open
+        fd = os.open(file, _OPEN_FLAGS)
+    except OSError as exc:
+        raise SnapshotError(f"chunk {file} cannot be opened ({exc.strerror}): it is missing or "
+                            "not a regular file; take a new snapshot") from None
+    handle = stack.enter_context(io.FileIO(fd, "rb", closefd=True))
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise SnapshotError(f"chunk {file} is not a regular file")
+    size = info.st_size
+    if size != entry.get("bytes"):
+        raise SnapshotError(f"chunk {file} is {size} bytes, the manifest says {entry.get('bytes')}"
                             " (truncated or replaced); take a new snapshot")
-    digest = hashlib.sha256()
-    with open(file, "rb") as f:
-        head = f.read(8)
-        n = int.from_bytes(head, "little") if len(head) == 8 else 0
-        raw = head + f.read(min(n, _HEADER_LIMIT))
-        digest.update(raw)
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != chunk.get("sha256"):
-        raise SnapshotError(f"chunk {file} fails its sha256 checksum: it was corrupted or tampered "
-                            "with; take a new snapshot")
+    algorithm = next((a for a in _CHUNK_HASHES if isinstance(entry.get(a), str)), None)
+    if algorithm is None:
+        raise SnapshotError(f"{root / MANIFEST}: chunk {entry['file']!r} records no checksum "
+                            f"(one of {list(_CHUNK_HASHES)}); take a new snapshot")
+    head = _pread_bytes(handle, min(size, 8), 0)
+    n = int.from_bytes(head, "little") if len(head) == 8 else 0
+    raw = head + _pread_bytes(handle, min(n, _HEADER_LIMIT, size - len(head)), len(head))
+    digest = _CHUNK_HASHES[algorithm]()
+    digest.update(raw)  # the header bytes parsed below are the very bytes hashed here
+    _hash_range(handle, digest, len(raw), size, f"chunk {file}")
+    if digest.hexdigest() != entry[algorithm]:
+        raise SnapshotError(f"chunk {file} fails its {algorithm} checksum: it was corrupted or "
+                            "tampered with; take a new snapshot")
     meta, specs, start = _parse_header(raw, size, f"chunk {file}")
-    listed = chunk.get("tensors")
+    listed = entry.get("tensors")
     held = {s.name for s in specs}
     if meta.get("format") != FORMAT + "-chunk" or not isinstance(listed, list) or set(
             map(str, listed)) != held or len(listed) != len(held):
         raise SnapshotError(f"chunk {file} does not hold the tensors its manifest lists")
-    return [(file, Spec(s.name, s.dtype, s.shape, start + s.begin, start + s.end)) for s in specs]
+    return _Chunk(file, handle, [Spec(s.name, s.dtype, s.shape, start + s.begin, start + s.end)
+                                 for s in specs])
 
 
-def _read_into(f: BinaryIO, spec: Spec, target: torch.Tensor) -> None:
-    """Read one tensor's bytes straight into ``target`` (via one bounded buffer when it must)."""
-    f.seek(spec.begin)
+def _pread_into(handle: io.FileIO, view: memoryview, offset: int) -> int:
+    """Fill ``view`` from ``offset`` of the open file; return the bytes read (fewer at EOF)."""
+    done = 0
+    while done < len(view):
+        piece = view[done:done + _MAX_READ]
+        if _HAS_PREADV:
+            got = os.preadv(handle.fileno(), [piece], offset + done)
+        else:  # pragma: no cover - Windows has no pread
+            handle.seek(offset + done)
+            got = handle.readinto(piece) or 0
+        if not got:
+            break
+        done += got
+    return done
+
+
+def _pread_bytes(handle: io.FileIO, count: int, offset: int) -> bytes:
+    buf = bytearray(count)
+    got = _pread_into(handle, memoryview(buf), offset)
+    return bytes(buf[:got])
+
+
+def _hash_range(handle: io.FileIO, digest: _Hasher, begin: int, end: int, where: str) -> None:
+    """Feed bytes ``begin:end`` of the open file to ``digest`` through one cache-sized buffer."""
+    block = memoryview(bytearray(_HASH_BLOCK))
+    offset = begin
+    while offset < end:
+        got = _pread_into(handle, block[:min(_HASH_BLOCK, end - offset)], offset)
+        if not got:
+            raise SnapshotError(f"{where} ended at byte {offset} while being verified ({end} "
+                                "expected): it was truncated; take a new snapshot")
+        digest.update(block[:got])
+        offset += got
+
+
+class _Staging:
+    """One reusable bounce buffer for targets that cannot be read into directly."""
+
+    def __init__(self) -> None:
+        self.buffer: torch.Tensor | None = None
+
+    def take(self, nbytes: int) -> torch.Tensor:
+        if self.buffer is None or self.buffer.numel() < nbytes:
+            self.buffer = None  # free the smaller one first: at most one tensor's worth is held
+            self.buffer = torch.empty(nbytes, dtype=torch.uint8)
+        return self.buffer[:nbytes]
+
+
+def _read_into(chunk: _Chunk, spec: Spec, target: torch.Tensor, staging: _Staging) -> None:
+    """Read one tensor's bytes from the verified handle straight into ``target``.
+
+    CPU contiguous targets are read into directly; others go through one bounded staging buffer.
+    """
+    if not spec.nbytes:
+        return
     direct = target.device.type == "cpu" and target.is_contiguous()
-    dest = target.detach().view(-1).view(torch.uint8) if direct else torch.empty(
-        spec.nbytes, dtype=torch.uint8)
-    if spec.nbytes and f.readinto(memoryview(dest.numpy())) != spec.nbytes:
-        raise SnapshotError(f"{f.name}: short read for tensor {spec.name!r}")
+    dest = target.detach().view(-1).view(torch.uint8) if direct else staging.take(spec.nbytes)
+    if _pread_into(chunk.handle, memoryview(dest.numpy()), spec.begin) != spec.nbytes:
+        raise SnapshotError(f"chunk {chunk.file} was truncated in place after it was verified: "
+                            f"tensor {spec.name!r} is short and the model is partly restored; "
+                            "restore another snapshot or reload the model")
     if not direct:
-        with torch.no_grad():
-            target.copy_(dest.view(spec.dtype).view(spec.shape))
+        _copy_into(target, dest.view(spec.dtype).view(spec.shape))
