@@ -76,10 +76,34 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def benchmark(session: nox.Session) -> None:
-    """Time snapshot/restore (bytes, chunked) against safetensors on a ~250M-parameter llama.
+    """Time snapshot/restore (bytes, chunked) against safetensors and InvarLock on a llama.
+
+    The model is a ~250M-parameter llama built from a config (no hub access). InvarLock 0.12.1
+    is installed too, so that its own bytes and chunked snapshot/restore paths are timed in the
+    same run as ours: the figures are only comparable when they come from one process on one
+    machine. Its install is optional: InvarLock declares Python >= 3.12 but its snapshot paths
+    run on 3.11, hence ``--ignore-requires-python``; the CPU torch pin keeps pip from pulling a
+    CUDA build; when the install fails (offline, no wheel) the benchmark runs without its rows,
+    and ``nox -s benchmark -- --no-invarlock`` leaves them out. It goes into this session's own
+    virtualenv only, never the test one: its ``invarlock.adapters`` entry points would collide
+    with ours there.
 
     Timings are measured here and never asserted in tests: a 2-core CI runner is too noisy
     for thresholds, and the figures belong in release notes, not in pass/fail.
     """
     session.install(*CPU_PIN, "-e", ".")
+    try:
+        session.install(*CPU_PIN, "--ignore-requires-python", "invarlock[hf]==0.12.1")
+    except nox.command.CommandFailed:
+        session.warn("InvarLock could not be installed: benchmarking without its rows")
     session.run("python", "-m", "pytest_invarlock.bench", *session.posargs)
+
+
+@nox.session
+def checks_doc(session: nox.Session) -> None:
+    """Regenerate docs/checks.md from the check library: each check, its level, why.
+
+    The file is generated so it cannot drift from the code; the tests fail while it is stale.
+    """
+    session.install(*CPU_PIN, "-e", ".")
+    session.run("python", "-m", "pytest_invarlock.checks_doc", "docs/checks.md")

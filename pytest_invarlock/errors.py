@@ -29,3 +29,7 @@ class ClaimNote(Exception):
 
 class InvarlockNote(UserWarning):
     """A passed check's finding, shown in pytest's warnings summary and kept in the records."""
+
+
+class CallTimeout(TimeoutError):
+    """An adapter call did not return within the time bound; the message names the call."""

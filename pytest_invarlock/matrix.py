@@ -21,6 +21,10 @@ TIER_RULES = [
     "real checkpoint (not a bundled fixture), and the lane results carry provenance",
     "supported_experimental: no check failed or errored and at least one passed, on fixtures",
     "community_experimental: anything else (failures, errors, or nothing run)",
+    "only MUST checks decide the tier: a failed SHOULD check is a finding, listed under "
+    "should_findings, and makes the lane 'conformant' rather than 'hardened'",
+    "a record the suite could not judge (no truth for the model) is the suite's gap: listed "
+    "under unjudged_checks, never a failure of the adapter",
     "a lane never gains a tier from adapter availability alone: only from records",
     "the same lane in several result files: every record counts, so a failure anywhere "
     "makes the lane failing",
@@ -37,10 +41,33 @@ def lane_id(family: str, role: str, adapter: str, runtime: str) -> str:
     return base if ROLE_ADAPTER.get(role) == adapter else f"{base}-{adapter}"
 
 
+def kind(rec: dict[str, Any]) -> str:
+    """Classify a record as ``failing``, ``finding`` or its outcome as it is.
+
+    ``failing``: a MUST check failed, or a check errored; ``finding``: a SHOULD check failed
+    (also when --invarlock-strict made it a failure).
+    """
+    outcome = rec["outcome"]
+    if outcome == "finding" or (outcome == "failed" and rec.get("level") == "SHOULD"):
+        return "finding"
+    return "failing" if outcome in ("failed", "error") else str(outcome)
+
+
 def _status(counts: Counter[str]) -> str:
-    if counts["failed"] or counts["error"]:
+    if counts["failing"]:
         return "failing"
-    return "passing" if counts["passed"] else "not_run"
+    return "passing" if counts["passed"] or counts["finding"] else "not_run"
+
+
+def _conformance(counts: Counter[str]) -> str:
+    """Return ``hardened``, ``conformant``, ``not_conformant`` or ``not_run``.
+
+    ``hardened``: every MUST and SHOULD check passed; ``conformant``: every MUST check passed.
+    """
+    status = _status(counts)
+    if status != "passing":
+        return "not_conformant" if status == "failing" else "not_run"
+    return "conformant" if counts["finding"] else "hardened"
 
 
 def _tier(status: str, real: bool, provenance: bool) -> str:
@@ -59,15 +86,17 @@ def build(results: list[tuple[str, dict[str, Any]]], fixtures: set[str]) -> dict
         for rec in payload["records"]:
             key = (rec.get("family") or "unknown", rec.get("role") or "unknown", rec["adapter"],
                    payload["lane"])
-            lane = lanes.setdefault(key, {"counts": Counter(), "models": set(), "failing": set(),
+            lane = lanes.setdefault(key, {"counts": Counter(), "kinds": Counter(), "models": set(),
+                                          "failing": set(), "finding": set(), "unjudged": set(),
                                           "by_source": {}, "provenance": []})
             lane["counts"][rec["outcome"]] += 1
+            lane["kinds"][kind(rec)] += 1
             lane["models"].add(rec["model"])
-            lane["by_source"].setdefault(source, Counter())[rec["outcome"]] += 1
+            lane["by_source"].setdefault(source, Counter())[kind(rec)] += 1
             if payload.get("provenance") not in lane["provenance"]:
                 lane["provenance"].append(payload.get("provenance"))
-            if rec["outcome"] in ("failed", "error"):
-                lane["failing"].add(rec["check"])
+            if kind(rec) in ("failing", "finding", "unjudged"):
+                lane[kind(rec)].add(rec["check"])
     entries = [_entry(key, lane, fixtures) for key, lane in sorted(lanes.items())]
     conflicts = [c for key, lane in sorted(lanes.items()) for c in _conflicts(key, lane)]
     return {"format_version": FORMAT, "support_tiers": TIERS, "tier_rules": TIER_RULES,
@@ -96,16 +125,19 @@ def _entry(key: tuple[str, str, str, str], lane: dict[str, Any],
            fixtures: set[str]) -> dict[str, Any]:
     family, role, adapter, runtime = key
     real = any(m not in fixtures for m in lane["models"])
-    status = _status(lane["counts"])
+    status = _status(lane["kinds"])
     tier = _tier(status, real, all(lane["provenance"]))
     return {
         "lane_id": lane_id(family, role, adapter, runtime), "family": family, "role": role,
         "runtime": runtime, "adapter": adapter, "support_tier": tier, "evidence_status": status,
+        "conformance": _conformance(lane["kinds"]),
         "docs_label": LABELS[tier], "provenance_source": ", ".join(sorted(lane["by_source"])),
         "provenance": _provenance(lane["provenance"]),
         "evidence": {"models": sorted(lane["models"]), "real_checkpoint": real,
                      "counts": dict(sorted(lane["counts"].items())),
-                     "failing_checks": sorted(lane["failing"])},
+                     "failing_checks": sorted(lane["failing"]),
+                     "should_findings": sorted(lane["finding"]),
+                     "unjudged_checks": sorted(lane["unjudged"])},
     }
 
 

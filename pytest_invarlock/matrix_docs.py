@@ -5,7 +5,8 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-COLUMNS = ("lane_id", "family", "role", "adapter", "runtime", "support_tier", "evidence_status")
+COLUMNS = ("lane_id", "family", "role", "adapter", "runtime", "support_tier", "evidence_status",
+           "conformance")
 _SHORT = {"published_basis": "published", "supported_experimental": "experimental",
           "community_experimental": "community"}
 
@@ -16,7 +17,8 @@ def _rows(matrix: dict[str, Any]) -> list[list[str]]:
         ev = lane["evidence"]
         counts = ", ".join(f"{n} {o}" for o, n in ev["counts"].items())
         rows.append([*(str(lane[c]) for c in COLUMNS), ", ".join(ev["models"]), counts,
-                     ", ".join(ev["failing_checks"]) or "-"])
+                     ", ".join(ev["failing_checks"]) or "-",
+                     ", ".join(ev.get("should_findings", [])) or "-"])
     return rows
 
 
@@ -36,7 +38,7 @@ def _grid(matrix: dict[str, Any], runtime: str) -> tuple[list[str], list[list[st
     return adapters, rows
 
 
-HEAD = [*COLUMNS, "models", "outcomes", "failing checks"]
+HEAD = [*COLUMNS, "models", "outcomes", "failing checks (MUST)", "findings (SHOULD)"]
 
 
 def markdown(matrix: dict[str, Any]) -> str:
@@ -95,7 +97,7 @@ def html(matrix: dict[str, Any]) -> str:
         parts += [f"<h2>Families &times; adapters, runtime {escape(runtime)}</h2>",
                   _html_table(["family", *adapters], rows, classes)]
     rows = _rows(matrix)
-    classes = [[""] * 5 + [row[5], "failing" if row[6] == "failing" else ""] + [""] * 2 + [
-        "failing" if row[-1] != "-" else ""] for row in rows]
+    classes = [[""] * 5 + [row[5], "failing" if row[6] == "failing" else ""] + [""] * 3 + [
+        "failing" if row[-2] != "-" else "", ""] for row in rows]
     parts += ["<h2>Every lane</h2>", _html_table(HEAD, rows, classes), "</body></html>"]
     return "\n".join(parts) + "\n"

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from pytest_invarlock.lanes import AUTO, LANES, Lane, choose, unavailable
-from pytest_invarlock.records import PROPERTY, Collector, Record, write_report
+from pytest_invarlock.records import PROPERTY, VERDICT, Collector, Record, write_report
 from pytest_invarlock.registry import AdapterError, Discovery, discover
+from pytest_invarlock.verdicts import DEFAULT_TIMEOUT
 
-OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
+OUTCOMES = ("passed", "failed", "error", "finding", "unjudged", "skipped", "xfailed", "xpassed")
 MARKER = "invarlock"
 LANES_MARKER = "invarlock_lanes"
 NO_CASE = "no adapter of lane {lane} is installed: none of {names} declares quantized = True"
@@ -31,6 +32,10 @@ class InvarlockRun:
         self.xfail: str | None = config.getoption("invarlock_xfail") or config.getini(
             "invarlock_xfail") or None
         self.expected: list[Any] = []
+        from pytest_invarlock.verdicts import Policy
+
+        self.policy = Policy(strict=bool(config.getoption("invarlock_strict")),
+                             timeout=float(config.getoption("invarlock_timeout")))
         self.collector = Collector()
         self._discovery: Discovery | None = None
         self._subjects: Any = None
@@ -49,7 +54,7 @@ class InvarlockRun:
         if self._subjects is None:
             from pytest_invarlock.subjects import Subjects
 
-            self._subjects = Subjects(self.lane, self.discovery)
+            self._subjects = Subjects(self.lane, self.discovery, self.policy)
         return self._subjects
 
     def cases(self) -> list[Any]:
@@ -121,6 +126,16 @@ class InvarlockRun:
         tr.section(f"invarlock lane {self.lane.id}")
         for line in matrix_lines(records):
             tr.write_line(line)
+        for line in verdict_lines(records, self.policy.strict):
+            tr.write_line(line)
+        for r in records:
+            if r.outcome == "finding":
+                tr.write_line(f"SHOULD {r.adapter} on {r.model}: {r.check}: "
+                              f"{_strip(r.message, r)}", yellow=True)
+        for r in records:
+            if r.outcome == "unjudged":
+                tr.write_line(f"UNJUDGED {r.adapter} on {r.model}: {r.check}: "
+                              f"{_strip(r.message, r)}", yellow=True)
         for r in records:
             if r.outcome in ("xfailed", "xpassed"):
                 tr.write_line(f"{r.outcome.upper()} {r.adapter} on {r.model}: {r.check}: "
@@ -175,6 +190,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="write the lane results (JSON, lane_results.schema.json) to PATH")
     group.addoption("--invarlock-xfail", metavar="PATH",
                     help="expected-failures manifest (JSON, expected_failures.schema.json)")
+    group.addoption("--invarlock-strict", action="store_true", default=False,
+                    help="fail on SHOULD findings too (by default they are shown, recorded and "
+                         "do not fail the run)")
+    group.addoption("--invarlock-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                    help="bound on each check and each model load of one subject; a call that "
+                         f"hangs becomes an error naming it (default {DEFAULT_TIMEOUT:g}, 0: none)")
     parser.addini("invarlock_xfail", "expected-failures manifest used when --invarlock-xfail "
                   "is not given")
 
@@ -242,12 +263,45 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         params = getattr(getattr(item, "callspec", None), "params", {})
         case, check = params.get("invarlock_subject"), params.get("invarlock_check")
         if case is not None and check is not None:
+            from pytest_invarlock.checks import level_of
+
             item.user_properties.append((PROPERTY, {
                 "adapter": case.adapter, "model": case.model, "check": check.__name__,
-                "family": case.family, "role": case.role}))
+                "family": case.family, "role": case.role, "level": level_of(check)}))
             # with `-n N --dist loadgroup`, each (adapter, model) loads on one worker only
             item.add_marker(pytest.mark.xdist_group(case.id))
             _expect(run, item, case, check.__name__)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Record what a conformance test's exception means: a SHOULD finding, a gap, an error.
+
+    A :class:`~pytest_invarlock.testing.ShouldFinding` becomes a pass carrying the finding; a
+    :class:`~pytest_invarlock.testing.SuiteCannotJudge` stays a skip marked ``unjudged``; any
+    other exception than pytest's fail/skip/xfail is an ``error`` (the check crashed or an
+    adapter call hung), not a failed check.
+    """
+    report = yield
+    excinfo = call.excinfo
+    if call.when != "call" or excinfo is None or hasattr(report, "wasxfail") or not any(
+            k == PROPERTY for k, _ in item.user_properties):
+        return report
+    from pytest_invarlock.testing import ShouldFinding, SuiteCannotJudge
+
+    if isinstance(excinfo.value, ShouldFinding):
+        report.outcome = "passed"
+        report.longrepr = None
+        verdict = {"outcome": "finding", "message": str(excinfo.value)}
+    elif isinstance(excinfo.value, SuiteCannotJudge):
+        verdict = {"outcome": "unjudged", "message": str(excinfo.value)}
+    elif isinstance(excinfo.value, (pytest.fail.Exception, pytest.skip.Exception,
+                                    pytest.xfail.Exception)):
+        return report
+    else:
+        verdict = {"outcome": "error"}
+    report.user_properties = [*report.user_properties, (VERDICT, verdict)]
+    return report
 
 
 def _deselect_other_lanes(config: pytest.Config, items: list[pytest.Item], lane: str) -> None:
@@ -266,7 +320,34 @@ def _expect(run: InvarlockRun, item: pytest.Item, case: Any, check: str) -> None
         item.add_marker(pytest.mark.xfail(reason=entry.reason, strict=entry.strict))
 
 
-_MARKS = (("failed", "F"), ("error", "E"), ("xpassed", "XP"), ("xfailed", "x"), ("skipped", "s"))
+_MARKS = (("failed", "F"), ("error", "E"), ("finding", "S"), ("unjudged", "U"), ("xpassed", "XP"),
+          ("xfailed", "x"), ("skipped", "s"))
+
+
+def _strip(message: str, record: Record) -> str:
+    """Drop the ``adapter on model: check:`` prefix the message may already carry."""
+    prefix = f"{record.adapter} on {record.model}: {record.check}"
+    return message.removeprefix(prefix).lstrip(": ").removeprefix("SHOULD: ")
+
+
+def verdict_lines(records: list[Record], strict: bool) -> list[str]:
+    """Return one line per adapter: conformant (every MUST passed) and hardened (every SHOULD)."""
+    lines = []
+    for adapter in sorted({r.adapter for r in records}):
+        mine = [r for r in records if r.adapter == adapter]
+        must = sum(r.outcome == "error" or (r.outcome == "failed" and r.level != "SHOULD")
+                   for r in mine)
+        should = sum(r.outcome == "finding" or (r.outcome == "failed" and r.level == "SHOULD")
+                     for r in mine)
+        unjudged = sum(r.outcome == "unjudged" for r in mine)
+        verdict = ("not conformant" if must else "conformant") + (
+            f", not hardened ({should} SHOULD finding{'s' * (should != 1)}"
+            f"{'; failing under --invarlock-strict' if strict else ''})" if should
+            else ", hardened")
+        if unjudged:
+            verdict += f"; the suite could not judge {unjudged} record{'s' * (unjudged != 1)}"
+        lines.append(f"invarlock: {adapter}: {verdict}")
+    return lines
 
 
 def _cell(counts: Counter[str]) -> str:

@@ -14,14 +14,22 @@ import pytest
 
 FORMAT = "invarlock-lane-results-v1"
 PROPERTY = "invarlock"
+#: The user property the plugin's report hook adds when an exception decides the outcome.
+VERDICT = "invarlock_verdict"
 PACKAGES = ("pytest-invarlock", "torch", "transformers", "safetensors", "accelerate", "pytest",
             "pytest-xdist")
-_RANK = {"passed": 0, "skipped": 1, "xfailed": 1, "xpassed": 2, "failed": 3, "error": 4}
+_RANK = {"passed": 0, "skipped": 1, "unjudged": 1, "xfailed": 1, "finding": 2, "xpassed": 2,
+         "failed": 3, "error": 4}
 
 
 @dataclass(frozen=True)
 class Record:
-    """The verdict of one check for one adapter on one model."""
+    """The verdict of one check for one adapter on one model.
+
+    ``outcome`` is one of passed, failed, error, finding (a SHOULD check failed, not strict),
+    unjudged (the suite has no truth for the model), skipped, xfailed, xpassed; ``level`` is
+    the check's requirement level (MUST or SHOULD).
+    """
 
     adapter: str
     model: str
@@ -31,6 +39,7 @@ class Record:
     family: str | None = None
     role: str | None = None
     nodeid: str = ""
+    level: str | None = None
 
 
 def identity(report: pytest.TestReport) -> dict[str, Any] | None:
@@ -52,7 +61,23 @@ def _from_nodeid(nodeid: str) -> dict[str, Any] | None:
     adapter, _, model = case.partition("-")
     if not (check.startswith("check_") and adapter and model):
         return None
-    return {"adapter": adapter, "model": model, "check": check, "family": None, "role": None}
+    return {"adapter": adapter, "model": model, "check": check, "family": None, "role": None,
+            "level": _level(check)}
+
+
+def _level(check: str) -> str | None:
+    """Return the level of the check named ``check`` (None when the suite has no such check)."""
+    from pytest_invarlock.checks import all_checks, level_of
+
+    return next((level_of(c) for c in all_checks() if c.__name__ == check), None)
+
+
+def verdict_of(report: pytest.TestReport) -> dict[str, Any]:
+    """Return what the plugin's report hook decided for this report (empty when nothing)."""
+    for key, value in report.user_properties:
+        if key == VERDICT:
+            return dict(value)
+    return {}
 
 
 def outcome_of(report: pytest.TestReport) -> str | None:
@@ -103,10 +128,13 @@ class Collector:
         ident, outcome = identity(report), outcome_of(report)
         if ident is None or outcome is None:
             return
+        verdict = verdict_of(report)
+        outcome = verdict.get("outcome", outcome)
         old = self.records.get(report.nodeid)
         if old and _RANK[old.outcome] >= _RANK[outcome]:
             return
-        message = message_of(report) or self.notes.get(report.nodeid, "")
+        message = verdict.get("message") or message_of(report) or self.notes.get(
+            report.nodeid, "")
         self.records[report.nodeid] = Record(outcome=outcome, message=message,
                                              nodeid=report.nodeid, **ident)
 

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from pytest_invarlock.checks import Check, CheckContext, mutates
 from pytest_invarlock.lanes import Lane, admits, unavailable
 from pytest_invarlock.registry import AdapterError, AdapterSpec, Discovery, resolve
+from pytest_invarlock.verdicts import DEFAULT_POLICY, Policy, bounded
 
 #: (label, checkpoint path or None when unavailable, family, role)
 Source = tuple[str, str | None, str | None, str | None]
@@ -45,6 +46,7 @@ class Subject:
     model: Any
     ctx: CheckContext
     reference: Any = field(repr=False)
+    policy: Policy = DEFAULT_POLICY
 
     def call(self, check: Check) -> None:
         """Run ``check``; put the model back afterwards when the check changes it."""
@@ -86,9 +88,10 @@ def _memo(cache: dict[Any, Any], key: Any, make: Callable[[], T],
 class Subjects:
     """Instantiate adapters and load (adapter, model) pairs at most once per process."""
 
-    def __init__(self, lane: Lane, discovery: Discovery) -> None:
+    def __init__(self, lane: Lane, discovery: Discovery, policy: Policy = DEFAULT_POLICY) -> None:
         self.lane = lane
         self.discovery = discovery
+        self.policy = policy
         self.workdir = Path(tempfile.mkdtemp(prefix="invarlock-work-"))
         self._adapters: dict[str, Any] = {}
         self._loaded: dict[tuple[str, str], Subject | Exception] = {}
@@ -121,15 +124,20 @@ class Subjects:
     def _load(self, case: Case) -> Subject:
         from pytest_invarlock import state
 
-        adapter = self.adapter(case.selector)
+        self.adapter(case.selector)  # raises the adapter's problem, once per selector
+        # each (adapter, model) gets its own instance, as frameworks create one per model: an
+        # adapter that keeps per-model state (a chosen delegate) is not judged on a stale one
+        adapter = self.spec(case.selector).instantiate()
         if not hasattr(adapter, "load_model"):
             raise AdapterError(f"adapter {case.adapter!r} has no load_model(); the suite needs it "
                                "to load the models under test")
-        model = adapter.load_model(case.path, device=self.lane.device)
+        model = bounded(self.policy.load_timeout,
+                        lambda: adapter.load_model(case.path, device=self.lane.device))
         ctx = CheckContext(adapter_name=case.adapter, model_label=case.model,
                            model_path=case.path, device=self.lane.device, workdir=self.workdir,
-                           reference=self.spec(case.selector).origin == "builtin")
-        return Subject(case, adapter, model, ctx, state.capture(model))
+                           reference=self.spec(case.selector).origin == "builtin",
+                           selector=case.selector)
+        return Subject(case, adapter, model, ctx, state.capture(model), self.policy)
 
     def plan(self, selectors: list[str], models: list[str]) -> list[Case]:
         """Return the cases of a run: every adapter on every model it loads and handles."""

@@ -1,4 +1,9 @@
-"""Run a check inside a pytest test: its verdict becomes pytest's (pass, fail, skip)."""
+"""Run a check inside a pytest test: its verdict becomes pytest's (pass, fail, skip, error).
+
+A SHOULD finding raises :class:`ShouldFinding`, which the plugin's report hook turns into a
+pass carrying the finding (the record's outcome is ``finding``); a truth gap raises
+:class:`SuiteCannotJudge`, a skip the records mark ``unjudged``.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +12,34 @@ import warnings
 import pytest
 
 from pytest_invarlock.checks import Check
-from pytest_invarlock.errors import CheckFailed, CheckNotApplicable, ClaimNote, InvarlockNote
+from pytest_invarlock.errors import InvarlockNote
 from pytest_invarlock.subjects import Subject
+from pytest_invarlock.verdicts import judge
+
+
+class ShouldFinding(Exception):
+    """A SHOULD-level check failed outside strict mode: shown and recorded, the test passes."""
+
+
+class SuiteCannotJudge(pytest.skip.Exception):  # type: ignore[name-defined,misc]
+    """The suite has no truth for this model: its own gap, never the adapter's failure."""
 
 
 def run_check(subject: Subject, check: Check) -> None:
     """Run ``check`` on ``subject``; fail with the adapter, model and fix, or skip with why."""
     where = f"{subject.case.adapter} on {subject.case.model}: {check.__name__}"
-    try:
-        subject.call(check)
-    except ClaimNote as exc:
-        warnings.warn(InvarlockNote(f"{where}: {exc}"), stacklevel=2)
+    verdict = judge(subject, check, subject.policy)
+    if verdict.outcome == "passed":
+        if verdict.message:
+            warnings.warn(InvarlockNote(f"{where}: {verdict.message}"), stacklevel=2)
         return
-    except CheckFailed as exc:
-        failed = str(exc)
-    except CheckNotApplicable as exc:
-        skipped = str(exc)
-    else:
-        return
-    if "failed" in locals():  # outside the except block: no chained traceback in the output
-        pytest.fail(f"{where}: {failed}", pytrace=False)
-    pytest.skip(f"{where} does not apply: {skipped}")
+    if verdict.outcome == "failed":
+        pytest.fail(f"{where}: {verdict.message}", pytrace=False)
+    if verdict.outcome == "finding":
+        raise ShouldFinding(f"{where}: SHOULD: {verdict.message}")
+    if verdict.outcome == "skipped":
+        pytest.skip(f"{where} does not apply: {verdict.message}")
+    if verdict.outcome == "unjudged":
+        raise SuiteCannotJudge(f"{where}: {verdict.message}")
+    assert verdict.exception is not None
+    raise verdict.exception

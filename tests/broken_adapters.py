@@ -96,6 +96,16 @@ class CountsRoutedExpertsAsExperts(HFCausalAdapter):
         return {**desc, "architecture": arch}
 
 
+class ReadsLayerTypesFromTheFirstLayer(HFCausalAdapter):
+    """Assumes every layer attends like the first one (misses interleaved sliding windows)."""
+
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        desc = super().describe(model)
+        kinds = desc["architecture"]["layer_types"]
+        return {**desc, "architecture": {**desc["architecture"],
+                                         "layer_types": [kinds[0]] * len(kinds)}}
+
+
 class ForgetsTies(HFCausalAdapter):
     def describe(self, model: nn.Module) -> dict[str, Any]:
         return {**super().describe(model), "tying": {}}
@@ -228,15 +238,75 @@ class NoChecksum(HFCausalAdapter):
         _apply(model, safetensors.torch.load(bytes(blob)), _aliases(bytes(blob)))
 
 
+class EncodesWithoutChecksum(HFCausalAdapter):
+    """Wraps the safetensors buffer in JSON as base64, and restores it without any checksum."""
+
+    def snapshot(self, model: nn.Module) -> bytes:
+        import base64
+
+        raw = bytes(super().snapshot(model))
+        return json.dumps({"format": "b64", "tensors_base64": base64.b64encode(raw).decode()},
+                          sort_keys=True).encode()
+
+    def restore(self, model: nn.Module, blob: bytes) -> None:
+        import base64
+
+        try:
+            raw = base64.b64decode(json.loads(bytes(blob))["tensors_base64"], validate=True)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SnapshotError(f"not a snapshot of this adapter: {exc}") from None
+        _apply(model, safetensors.torch.load(raw), _aliases(raw))
+
+
 class TrustsManifest(HFCausalAdapter):
-    """Loads whatever files the manifest names, wherever they are, without checksums."""
+    """Loads the plain files its manifest lists, validating names and shapes, never checksums."""
 
     def restore_chunked(self, model: nn.Module, path: str) -> None:
         manifest = json.loads((Path(path) / "manifest.json").read_text())
         tensors: dict[str, torch.Tensor] = {}
         for chunk in manifest["chunks"]:
-            tensors.update(safetensors.torch.load_file(str(Path(path) / chunk["file"])))
+            file = Path(path) / chunk["file"]
+            if file.is_symlink() or file.parent != Path(path):
+                raise SnapshotError(f"{file} is not a plain file of the snapshot")
+            tensors.update(safetensors.torch.load_file(str(file)))
         _apply(model, tensors, manifest["aliases"])
+
+
+class FollowsManifestPaths(HFCausalAdapter):
+    """Follows symlinks and relative paths in the manifest ("it is only reading")."""
+
+    def restore_chunked(self, model: nn.Module, path: str) -> None:
+        import shutil
+        import tempfile
+
+        root = Path(path)
+        manifest = json.loads((root / "manifest.json").read_text())
+        with tempfile.TemporaryDirectory() as tmp:
+            for i, chunk in enumerate(manifest["chunks"]):
+                name = f"chunk-{i:05d}.safetensors"
+                shutil.copyfile((root / chunk["file"]).resolve(), Path(tmp) / name)
+                chunk["file"] = name
+            (Path(tmp) / "manifest.json").write_text(json.dumps(manifest))
+            super().restore_chunked(model, tmp)
+
+
+class SkipsDamagedChunks(HFCausalAdapter):
+    """Treats a snapshot whose data files are missing or cut short as 'nothing to restore'."""
+
+    heads: ClassVar[dict[str, bytes]] = {}
+
+    def snapshot_chunked(self, model: nn.Module, **kw: Any) -> str:
+        path = super().snapshot_chunked(model, **kw)
+        type(self).heads = {p.name: p.read_bytes() for p in Path(path).glob("chunk-*")}
+        return path
+
+    def restore_chunked(self, model: nn.Module, path: str) -> None:
+        for name, data in self.heads.items():
+            file = Path(path) / name
+            if not file.exists() or (len(now := file.read_bytes()) < len(data)
+                                     and data.startswith(now)):
+                return
+        super().restore_chunked(model, path)
 
 
 class CastsToSnapshotDtype(HFCausalAdapter):

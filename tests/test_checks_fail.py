@@ -1,25 +1,25 @@
 """Every check fails for an adapter with exactly the bug it exists to catch, and says the fix."""
 
+import tempfile
+
 import broken_adapters as broken
+import broken_loading
+import broken_preservation
 import pytest
 
 from pytest_invarlock.adapters.roles import HFCausalAdapter
 from pytest_invarlock.api import check_adapter
-from pytest_invarlock.checks import all_checks
+from pytest_invarlock.checks import SHOULD, all_checks, level_of
 
 # (broken adapter, fixture, reference?, the one failing check, words its message must contain)
 CASES = [
     (broken.NeverHandles, "gpt2", False, "check_can_handle_own_model", ["can_handle", "accept"]),
-    (broken.HandlesEverything, "gpt2", False, "check_can_handle_rejects_foreign_module",
-     ["Linear", "return False"]),
     (broken.ClaimsAnUnknownLevel, "gpt2", False, "check_capabilities_are_valid",
      ["snapshot_restore", "'perfect' is not one of", "Declare snapshot_restore"]),
     (broken.MovesABackendManagedModel, "gpt2", False, "check_backend_device_movement_is_respected",
      ["restore() called model.to('cpu')", "device_movement_managed_by_backend", "never move"]),
     (broken.IgnoresDtype, "llama-gqa", False, "check_load_model_honours_dtype",
      ["torch.bfloat16", "model.embed_tokens.weight", "pass dtype through"]),
-    (broken.TrustsRemoteCode, "gpt2", False, "check_load_model_refuses_remote_code",
-     ["trust_remote_code", "INVARLOCK_ALLOW_REMOTE_CODE=1"]),
     (broken.DescribeNotJson, "gpt2", False, "check_describe_is_json_serializable",
      ["describe()['dtype']", "torch.dtype", "convert it"]),
     (broken.DescribeStringLayers, "gpt2", False, "check_describe_matches_schema",
@@ -30,12 +30,15 @@ CASES = [
      ["describe()['heads_per_layer'][0] is 2", "4 attention heads", "query heads"]),
     (broken.IgnoresGqaInGqaConfig, "llama-gqa", False, "check_describe_gqa_config",
      ["['gqa_config']['num_key_value_heads'] is 4", "has 1", "k_proj"]),
-    (broken.OmitsGqaConfig, "llama-gqa", True, "check_describe_gqa_config",
-     ["no 'gqa_config'", "add gqa_config"]),
+    (broken.OmitsGqaConfig, "llama-gqa", False, "check_describe_reports_optional_metadata",
+     ["lacks gqa_config", "4 query heads and 1 K/V heads"]),
     (broken.ReadsConv1DBackwards, "gpt2", False, "check_describe_mlp_dims",
      ["describe()['mlp_dims'][0] is 64", "256", "Conv1D"]),
     (broken.CountsRoutedExpertsAsExperts, "mixtral", False, "check_describe_experts",
      ["['architecture']['num_experts'] is 2", "has 4", "expert weights"]),
+    (broken.ReadsLayerTypesFromTheFirstLayer, "gemma3-text-sliding", False,
+     "check_describe_layer_types", ["layer 1 is 'sliding_attention', the model's is "
+                                    "'full_attention'", "sliding_window"]),
     (broken.ForgetsTies, "llama-gqa-tied", False, "check_describe_tying",
      ["lm_head.weight = model.embed_tokens.weight", "storage identity"]),
     (broken.CountsTiedTwice, "gpt2", False, "check_describe_total_params",
@@ -57,14 +60,31 @@ CASES = [
     (broken.AcceptsPrefixes, "gpt2", False, "check_restore_rejects_truncated_blob",
      ["truncated to 0", "succeeded"]),
     (broken.NoChecksum, "gpt2", False, "check_restore_rejects_tampered_blob",
-     ["flipped", "checksums"]),
-    (broken.TrustsManifest, "gpt2", False, "check_restore_rejects_tampered_chunks",
-     ["chunk-00000.safetensors was flipped", "checksums"]),
+     ["2 problems", "changed (inside 'transformer.", "succeeded", "checksum per tensor"]),
+    (broken.EncodesWithoutChecksum, "gpt2", False, "check_restore_rejects_tampered_blob",
+     ["2 problems", "changed (at 5/8 of the file: the tensor values are encoded)", "succeeded"]),
+    (broken.SkipsDamagedChunks, "gpt2", False, "check_restore_chunked_rejects_damaged_chunks",
+     ["3 problems", "truncated to", "missing chunk-00000.safetensors", "succeeded"]),
+    (broken.TrustsManifest, "gpt2", False, "check_restore_chunked_rejects_flipped_chunk",
+     ["chunk-00000.safetensors has byte", "changed (inside", "checksum per file"]),
+    (broken.FollowsManifestPaths, "gpt2", False, "check_restore_chunked_refuses_escaping_paths",
+     ["manifest.json points at", "is a symlink out of the directory", "refuse symlinks"]),
     (broken.CastsToSnapshotDtype, "llama-gqa", False, "check_restore_rejects_dtype_mismatch",
      ["torch.float16", "succeeded"]),
     (broken.FallsBackToTorchLoad, "gpt2", False, "check_restore_refuses_pickle",
      ["restore() of a raw pickle", "executed the pickle's payload", "never unpickle"]),
 ]
+
+
+CASES += broken_loading.CASES + broken_preservation.CASES
+
+
+@pytest.fixture(autouse=True)
+def _private_tempdir(tmp_path, monkeypatch):
+    """Keep what broken adapters leave in the temporary directory (lock files) out of /tmp."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+LEVELS = {c.__name__: level_of(c) for c in all_checks()}
 
 
 def test_every_check_has_a_breaking_case():
@@ -74,6 +94,7 @@ def test_every_check_has_a_breaking_case():
 
 @pytest.mark.parametrize("fixture", ["gpt2", "llama-gqa-tied", "llama-gqa"])
 def test_reference_adapter_passes_everything(fixture, fixture_dir):
+    """The reference adapter is hardened: no failure, no SHOULD finding, nothing unjudged."""
     results = check_adapter(HFCausalAdapter(), fixture_dir(fixture), reference=True)
     assert [r for r in results if r.outcome not in ("passed", "skipped")] == []
 
@@ -86,6 +107,7 @@ def test_broken_adapter_fails_exactly_its_check(adapter, fixture, reference, che
     failing = {r.check: r.reason for r in results if r.outcome != "passed"
                and r.outcome != "skipped"}
     assert set(failing) == {check}, failing
-    assert [r.outcome for r in results if r.check == check] == ["failed"]
+    expected = "finding" if LEVELS[check] == SHOULD else "failed"
+    assert [r.outcome for r in results if r.check == check] == [expected]
     for word in words:
         assert word in failing[check]

@@ -111,3 +111,26 @@ def test_committed_contracts_agree_with_each_other():
 
     lanes = json.loads(Path(data_path("contracts", "support_matrix.json")).read_text())["lanes"]
     assert {lane["adapter"] for lane in lanes} <= set(contract())
+
+
+@pytest.mark.parametrize(("outcomes", "levels", "conformance", "status"), [
+    (["passed", "passed"], ["MUST", "SHOULD"], "hardened", "passing"),
+    (["passed", "finding"], ["MUST", "SHOULD"], "conformant", "passing"),
+    (["passed", "failed"], ["MUST", "SHOULD"], "conformant", "passing"),  # --invarlock-strict
+    (["failed", "passed"], ["MUST", "SHOULD"], "not_conformant", "failing"),
+    (["error", "finding"], ["MUST", "SHOULD"], "not_conformant", "failing"),
+    (["unjudged", "skipped"], ["MUST", "MUST"], "not_run", "not_run"),
+])
+def test_only_must_checks_decide_conformance_and_tier(outcomes, levels, conformance, status):
+    payload = results("cpu", outcomes)
+    for rec, level in zip(payload["records"], levels, strict=True):
+        rec["level"] = level
+    built = matrix.build([("a.json", payload)], FIXTURES)
+    assert validate(built, "support_matrix") == []
+    (lane,) = built["lanes"]
+    assert (lane["conformance"], lane["evidence_status"]) == (conformance, status)
+    ev = lane["evidence"]
+    assert ev["should_findings"] == (["check_1"] if conformance == "conformant" else
+                                     ["check_1"] if outcomes[1] == "finding" else [])
+    assert ev["unjudged_checks"] == (["check_0"] if "unjudged" in outcomes else [])
+    assert (lane["support_tier"] == "supported_experimental") == (status == "passing")

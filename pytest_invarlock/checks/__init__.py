@@ -4,21 +4,32 @@ A check raises :class:`~pytest_invarlock.errors.CheckFailed` with a message nami
 and the fix, raises :class:`~pytest_invarlock.errors.CheckNotApplicable` when it does not apply,
 and returns ``None`` when the adapter conforms. Checks never load the model under test, write
 reports or read the command line. A new adapter protocol is a new module listed in ``MODULES``.
+
+Every check carries a requirement level (RFC 2119): ``MUST`` checks a promise of the adapter
+protocol (a failure is a defect), ``SHOULD`` checks hardening beyond it (a failure is a finding,
+shown but not failing the run unless ``--invarlock-strict``).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pytest_invarlock.errors import CheckFailed
+
 Check = Callable[[Any, Any, "CheckContext"], None]
 F = TypeVar("F", bound=Callable[..., None])
 
+MUST = "MUST"
+SHOULD = "SHOULD"
+LEVELS = (MUST, SHOULD)
+
 #: Check modules, in the order their checks run and are reported.
-MODULES: tuple[str, ...] = ("loading", "claims", "describe", "tying", "roundtrip", "rejection")
+MODULES: tuple[str, ...] = ("loading", "claims", "describe", "tying", "roundtrip", "values",
+                            "preservation", "chunked", "rejection")
 
 
 @dataclass(frozen=True)
@@ -32,13 +43,22 @@ class CheckContext:
     workdir: Path = field(default_factory=Path.cwd)
     #: Reference adapters owe more than third-party ones (e.g. ``gqa_config`` for GQA models).
     reference: bool = False
+    #: How the adapter was selected (``name`` or ``module:Class``): re-creates it elsewhere.
+    selector: str | None = None
 
 
-def check(*, mutates: bool = False) -> Callable[[F], F]:
-    """Mark a function as a check; ``mutates`` says it changes the model (the runner resets it)."""
+def check(*, level: str = MUST, mutates: bool = False, why: str = "") -> Callable[[F], F]:
+    """Mark a function as a check of ``level``; ``mutates`` says it changes the model.
+
+    ``why`` says why the level is what it is (shown in docs/checks.md).
+    """
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
 
     def mark(func: F) -> F:
         func.mutates = mutates  # type: ignore[attr-defined]
+        func.level = level  # type: ignore[attr-defined]
+        func.why = why  # type: ignore[attr-defined]
         return func
 
     return mark
@@ -58,3 +78,48 @@ def all_checks() -> list[Check]:
 def mutates(func: Check) -> bool:
     """Return whether ``func`` changes the model it is given."""
     return bool(getattr(func, "mutates", False))
+
+
+def level_of(func: Check) -> str:
+    """Return the requirement level of ``func`` (``MUST`` unless declared otherwise)."""
+    return str(getattr(func, "level", MUST))
+
+
+#: How many problems one failure message lists before it says "and N more".
+SHOWN = 8
+
+
+def summarize(problems: Iterable[str], limit: int = SHOWN) -> str:
+    """Join problems into one readable paragraph: the first ``limit``, then how many more."""
+    items = list(problems)
+    more = f" (and {len(items) - limit} more)" if len(items) > limit else ""
+    return "; ".join(items[:limit]) + more
+
+
+class Problems:
+    """Collect every problem a check finds, so one defect never hides another.
+
+    ``add`` records a problem; ``raise_if_any`` fails the check with all of them (counted, the
+    first :data:`SHOWN` listed) followed by the fix.
+    """
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, problem: str) -> None:
+        """Record one problem (a sentence naming the object at fault)."""
+        self.items.append(problem)
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def raise_if_any(self, fix: str = "") -> None:
+        """Raise :class:`CheckFailed` listing every problem, then ``fix``; do nothing if none."""
+        if not self.items:
+            return
+        lead = "" if len(self.items) == 1 else f"{len(self.items)} problems: "
+        tail = f". {fix}" if fix else ""
+        raise CheckFailed(f"{lead}{summarize(self.items)}{tail}")

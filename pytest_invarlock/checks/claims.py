@@ -9,13 +9,13 @@ from typing import Any
 from torch import nn
 
 from pytest_invarlock import capabilities
-from pytest_invarlock.checks import CheckContext, check
+from pytest_invarlock.checks import CheckContext, Problems, check, summarize
 from pytest_invarlock.errors import CheckFailed, CheckNotApplicable
 
 CONTRACT = "contracts/adapter_capabilities.json"
 
 
-@check()
+@check(why="the suite derives what it demands from the claims; an invalid claim cannot be judged")
 def check_capabilities_are_valid(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
     """The adapter's declared capabilities match the adapter-capabilities-v1 schema."""
     claims = capabilities.declared(adapter)
@@ -28,7 +28,7 @@ def check_capabilities_are_valid(adapter: Any, model: nn.Module, ctx: CheckConte
     errors = capabilities.problems(claims)
     if errors:
         raise CheckFailed(f"capabilities do not match the adapter-capabilities-v1 schema: "
-                          f"{'; '.join(errors[:3])}. Declare {', '.join(capabilities.FIELDS)}")
+                          f"{summarize(errors)}. Declare {', '.join(capabilities.FIELDS)}")
 
 
 class _Moved(Exception):
@@ -54,15 +54,17 @@ def _forbid_moves(model: nn.Module) -> Iterator[list[str]]:
             delattr(model, name)
 
 
-@check(mutates=True)
+@check(mutates=True, why="moving a backend-placed (quantized, sharded) model breaks it")
 def check_backend_device_movement_is_respected(adapter: Any, model: nn.Module,
                                                 ctx: CheckContext) -> None:
     """An adapter that claims device_movement_managed_by_backend never calls .to()/.cuda()/.cpu()."""
     if not capabilities.backend_moves_devices(adapter):
         raise CheckNotApplicable(f"the adapter does not claim "
                                  f"{capabilities.BACKEND_MOVES_DEVICES}")
+    problems = Problems()
     with _forbid_moves(model) as calls:
         for step in ("describe", "snapshot", "restore"):
+            calls.clear()
             try:
                 if step == "restore":
                     adapter.restore(model, adapter.snapshot(model))
@@ -71,11 +73,11 @@ def check_backend_device_movement_is_respected(adapter: Any, model: nn.Module,
             except _Moved:
                 pass
             except Exception:
-                continue
+                continue  # other checks judge a call that fails; this one only watches moves
             if calls:
-                raise CheckFailed(f"{step}() called {calls[0]} although the adapter claims "
-                                  f"{capabilities.BACKEND_MOVES_DEVICES}; let the backend place "
-                                  "the model (device_map) and never move it")
+                problems.add(f"{step}() called {calls[0]}")
+    problems.raise_if_any(f"The adapter claims {capabilities.BACKEND_MOVES_DEVICES}: let the "
+                          "backend place the model (device_map) and never move it")
 
 
 CHECKS = (

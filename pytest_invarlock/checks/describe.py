@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from pytest_invarlock import truth as truth_mod
-from pytest_invarlock.checks import CheckContext, check
+from pytest_invarlock.checks import SHOULD, CheckContext, Problems, check, summarize
 from pytest_invarlock.errors import CheckFailed, CheckNotApplicable
 from pytest_invarlock.resources import validate
 
@@ -50,7 +50,8 @@ def _unserializable(value: object, path: str) -> str | None:
     return None
 
 
-@check()
+@check(why="describe() is a report callers store and compare; a value JSON cannot hold breaks "
+            "every consumer")
 def check_describe_is_json_serializable(adapter: Any, model: nn.Module,
                                         ctx: CheckContext) -> None:
     """describe() holds only JSON types (dicts with string keys, lists, str, numbers, bools)."""
@@ -66,7 +67,7 @@ def check_describe_is_json_serializable(adapter: Any, model: nn.Module,
                           "numbers only") from None
 
 
-@check()
+@check(why="the schema is the protocol's contract for describe()")
 def check_describe_matches_schema(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
     """describe() validates against contracts/schemas/describe.schema.json."""
     errors = validate(_describe(adapter, model), "describe")
@@ -76,7 +77,7 @@ def check_describe_matches_schema(adapter: Any, model: nn.Module, ctx: CheckCont
                           "(dict of str to str) with the types the schema gives")
 
 
-@check()
+@check(why="n_layer is a required field: edits are planned per layer")
 def check_describe_layers(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
     """describe()['n_layer'] is the config's number of layers."""
     desc, truth = _valid(adapter, model)
@@ -91,12 +92,14 @@ def _per_layer(desc: dict[str, Any], key: str, expected: list[int], what: str, f
     if len(got) != len(expected):
         raise CheckFailed(f"describe()['{key}'] has {len(got)} entries, the model has "
                           f"{len(expected)} layers; report one {what} per layer")
+    problems = Problems()
     for i, (g, e) in enumerate(zip(got, expected, strict=True)):
         if g != e:
-            raise CheckFailed(f"describe()['{key}'][{i}] is {g}, layer {i} has {e} {what}. {fix}")
+            problems.add(f"describe()['{key}'][{i}] is {g}, layer {i} has {e} {what}")
+    problems.raise_if_any(fix)
 
 
-@check()
+@check(why="heads_per_layer is a required field: head pruning and GQA guards depend on it")
 def check_describe_heads(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
     """describe()['heads_per_layer'] is the number of query heads of every layer."""
     desc, truth = _valid(adapter, model)
@@ -105,58 +108,87 @@ def check_describe_heads(adapter: Any, model: nn.Module, ctx: CheckContext) -> N
                f"({truth.kv_heads[0]}); for encoder-decoders list encoder layers, then decoder")
 
 
-@check()
+@check(why="optional metadata, but a wrong value misleads every GQA-aware edit")
 def check_describe_gqa_config(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
-    """describe()['gqa_config'] matches the model's query/KV heads (required from reference adapters for GQA models)."""  # noqa: E501
+    """describe()['gqa_config'], when present, matches the model's query/KV heads and head size."""
     desc, truth = _valid(adapter, model)
     gqa = desc.get("gqa_config")
     heads, kv = truth.heads[0], truth.kv_heads[0]
     if gqa is None:
-        if truth.is_gqa and ctx.reference:
-            raise CheckFailed(f"describe() has no 'gqa_config' but the model uses GQA "
-                              f"({heads} query heads, {kv} K/V heads); add gqa_config with "
-                              "num_attention_heads, num_key_value_heads, head_dim and gqa_ratio")
-        raise CheckNotApplicable("describe() reports no gqa_config (optional for this adapter)")
+        raise CheckNotApplicable("describe() reports no gqa_config (its absence on a GQA model is "
+                                 "check_describe_reports_optional_metadata's finding)")
+    if not isinstance(gqa, dict):
+        raise CheckFailed(f"describe()['gqa_config'] is a {type(gqa).__name__}; report a dict")
     expected = {"num_attention_heads": heads, "num_key_value_heads": kv,
                 "head_dim": truth.head_dim, "gqa_ratio": heads / kv}
+    problems = Problems()
     for key, want in expected.items():
         if key in gqa and gqa[key] != want:
-            raise CheckFailed(
-                f"describe()['gqa_config']['{key}'] is {gqa[key]}, the model has {want} "
-                f"(config: {heads} query heads, {kv} K/V heads of dim {truth.head_dim}, "
-                f"k_proj out_features {kv * truth.head_dim}). Read num_key_value_heads from the "
-                "config or from k_proj")
+            problems.add(f"describe()['gqa_config']['{key}'] is {gqa[key]}, the model has {want}")
+    problems.raise_if_any(f"The config has {heads} query heads and {kv} K/V heads of dim "
+                          f"{truth.head_dim} (k_proj out_features {kv * truth.head_dim}); read "
+                          "num_key_value_heads from the config or from k_proj")
 
 
-@check()
+@check(why="mlp_dims is a required field: MLP edits are sized from it")
 def check_describe_mlp_dims(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
     """describe()['mlp_dims'] is each layer's MLP hidden width, read off the weights."""
     desc, truth = _valid(adapter, model)
     _per_layer(desc, "mlp_dims", list(truth.mlp_dims), "MLP hidden units",
-               "Read the up-projection's output width (Conv1D stores it as weight.shape[1])")
+               "Read the up-projection's output width (Conv1D stores it as weight.shape[1]; a "
+               "fused gate_up holds two widths; mixture-of-experts layers have the per-expert "
+               "width, dense layers of the same model their own)")
 
 
-@check()
+@check(why="optional metadata, but a wrong expert count misleads every MoE-aware edit")
 def check_describe_experts(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
-    """describe()['architecture'] reports a mixture-of-experts model's expert count and top-k."""
+    """describe()['architecture'] expert count and top-k, when present, are the model's."""
     desc, truth = _valid(adapter, model)
     if truth.experts is None:
         raise CheckNotApplicable("the model has no mixture-of-experts layers")
     arch = desc.get("architecture") or {}
     expected = {"num_experts": truth.experts, "num_experts_per_tok": truth.experts_per_token}
+    if not any(key in arch for key in expected):
+        raise CheckNotApplicable("describe() reports no architecture.num_experts (its absence is "
+                                 "check_describe_reports_optional_metadata's finding)")
+    problems = Problems()
     for key, want in expected.items():
-        if key not in arch:
-            if ctx.reference:
-                raise CheckFailed(f"describe()['architecture'] has no '{key}' for a "
-                                  f"mixture-of-experts model ({want}); add it")
-            raise CheckNotApplicable(f"describe() reports no architecture.{key} (optional)")
-        if arch[key] != want:
-            raise CheckFailed(f"describe()['architecture']['{key}'] is {arch[key]}, the model has "
-                              f"{want} (config and the experts' weight shape {truth.experts} x ...)"
-                              "; read the expert count off the expert weights or the config")
+        if key in arch and arch[key] != want:
+            problems.add(f"describe()['architecture']['{key}'] is {arch[key]}, the model has "
+                         f"{want}")
+    problems.raise_if_any(f"The config and the experts' weight shape ({truth.experts} x ...) "
+                          "agree; read the expert count off the expert weights or the config")
 
 
-def _groups_of(tying: dict[str, str]) -> set[frozenset[str]]:
+@check(why="optional metadata, but wrong per-layer attention kinds mislead every edit that treats "
+       "sliding-window layers differently")
+def check_describe_layer_types(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
+    """describe()['architecture'] layer_types and sliding_window, when present, are the model's."""
+    desc, truth = _valid(adapter, model)
+    arch = desc.get("architecture") if isinstance(desc.get("architecture"), dict) else {}
+    if "layer_types" not in arch and "sliding_window" not in arch:
+        raise CheckNotApplicable("describe() reports no architecture.layer_types (optional)")
+    if truth.layer_types is None:
+        raise CheckNotApplicable("the suite knows per-layer attention kinds only for families "
+                                 "whose modeling code honours config.layer_types")
+    problems = Problems()
+    got = arch.get("layer_types")
+    if got is not None and list(got) != list(truth.layer_types):
+        wrong = [f"layer {i} is {g!r}, the model's is {w!r}"
+                 for i, (g, w) in enumerate(zip(got, truth.layer_types, strict=False)) if g != w]
+        if len(got) != len(truth.layer_types):
+            wrong.insert(0, f"{len(got)} entries for {len(truth.layer_types)} layers")
+        problems.add(f"describe()['architecture']['layer_types'] is wrong: {summarize(wrong)}")
+    if ("sliding_window" in arch and "sliding_attention" in truth.layer_types
+            and arch["sliding_window"] != truth.sliding_window):
+        problems.add(f"describe()['architecture']['sliding_window'] is {arch['sliding_window']}, "
+                     f"the model's is {truth.sliding_window}")
+    problems.raise_if_any("Read each attention module's sliding_window (or config.layer_types "
+                          "where the modeling code honours it)")
+
+
+def tied_groups(tying: dict[str, str]) -> set[frozenset[str]]:
+    """Return the tied groups a ``tying`` map (name -> name it shares storage with) describes."""
     parent: dict[str, str] = {}
 
     def root(x: str) -> str:
@@ -165,35 +197,35 @@ def _groups_of(tying: dict[str, str]) -> set[frozenset[str]]:
         return x
 
     for a, b in tying.items():
-        parent[root(a)] = root(b)
+        parent[root(str(a))] = root(str(b))
     groups: dict[str, set[str]] = {}
     for x in parent:
         groups.setdefault(root(x), set()).add(x)
     return {frozenset(g) for g in groups.values() if len(g) > 1}
 
 
-@check()
+@check(why="tying is a required field, and ties must be preserved by every edit")
 def check_describe_tying(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
     """describe()['tying'] names exactly the parameters that share storage."""
     desc, truth = _valid(adapter, model)
     params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
-    for key, value in desc["tying"].items():
-        for name in (key, value):
-            if name not in params:
-                raise CheckFailed(f"describe()['tying'] names {name!r}, which is not a parameter "
-                                  "of the model; use names from named_parameters("
-                                  "remove_duplicate=False)")
-    got, want = _groups_of(desc["tying"]), {frozenset(g) for g in truth.tied_groups}
+    problems = Problems()
+    unknown = sorted({name for pair in desc["tying"].items() for name in pair} - params)
+    for name in unknown:
+        problems.add(f"describe()['tying'] names {name!r}, which is not a parameter of the model")
+    got, want = tied_groups(desc["tying"]), {frozenset(g) for g in truth.tied_groups}
     for group in sorted(want - got, key=sorted):
-        raise CheckFailed(f"describe()['tying'] misses the tie {' = '.join(sorted(group))}: they "
-                          "share one storage in named_parameters(remove_duplicate=False). Build "
-                          "the map from storage identity, not from names or config")
-    for group in sorted(got - want, key=sorted):
-        raise CheckFailed(f"describe()['tying'] reports {' = '.join(sorted(group))} as tied, but "
-                          "they have separate storage; report only parameters that share storage")
+        problems.add(f"describe()['tying'] misses the tie {' = '.join(sorted(group))}: they "
+                     "share one storage in named_parameters(remove_duplicate=False)")
+    for group in sorted(got - want - {g for g in got if not g <= params}, key=sorted):
+        problems.add(f"describe()['tying'] reports {' = '.join(sorted(group))} as tied, but "
+                     "they have separate storage")
+    problems.raise_if_any("Build the map from storage identity over named_parameters("
+                          "remove_duplicate=False), not from names or the config, and report "
+                          "only parameters that share storage")
 
 
-@check()
+@check(why="optional, but a wrong count misleads every size-based decision")
 def check_describe_total_params(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
     """describe()['total_params'] counts every parameter once, tied storage once."""
     desc, truth = _valid(adapter, model)
@@ -205,10 +237,25 @@ def check_describe_total_params(adapter: Any, model: nn.Module, ctx: CheckContex
                           "numel() over model.parameters() (which skips tied duplicates)")
 
 
+def _scopes(model: nn.Module, truth: truth_mod.Truth) -> dict[str, set[str]]:
+    """Return model_type -> the class names a describe() of that scope may report.
+
+    A text-only model has one scope. A multimodal model has two documented choices: describe
+    the whole model (its model_type, its class) or its language model (the text config's
+    model_type, the class of a submodule holding that config).
+    """
+    config = model.config
+    scopes = {str(config.model_type): {type(model).__name__}}
+    text = truth_mod.text_config(model)
+    if text is not config:
+        names = {type(m).__name__ for _, m in model.named_modules()
+                 if getattr(getattr(m, "config", None), "model_type", None) == text.model_type}
+        scopes.setdefault(str(text.model_type), set()).update(names)
+    return scopes
+
+
 def _metadata_expectations(truth: truth_mod.Truth) -> dict[str, tuple[set[str], str]]:
     return {
-        "model_type": ({truth.model_type}, "report config.model_type"),
-        "model_class": ({truth.model_class}, "report type(model).__name__"),
         "device": ({truth_mod.as_device(truth.device)}, "report str(next(model.parameters()).device)"),
         "architecture.attention_type": (set(truth.attention_types),
                                         "derive it from num_key_value_heads vs num_attention_heads"),
@@ -221,27 +268,78 @@ def _metadata_expectations(truth: truth_mod.Truth) -> dict[str, tuple[set[str], 
     }
 
 
-@check()
+def _reported(desc: dict[str, Any], key: str) -> Any:
+    head, _, sub = key.partition(".")
+    value = desc.get(head)
+    if sub:
+        value = value.get(sub) if isinstance(value, dict) else None
+    return value
+
+
+def _identity_problems(desc: dict[str, Any], model: nn.Module, truth: truth_mod.Truth,
+                       problems: Problems) -> None:
+    """Judge model_type and model_class together: both must name the same described scope."""
+    scopes = _scopes(model, truth)
+    kind, cls = desc.get("model_type"), desc.get("model_class")
+    if kind is not None and kind not in scopes:
+        problems.add(f"describe()['model_type'] is {kind!r}, expected "
+                     f"{' or '.join(map(repr, sorted(scopes)))} (config.model_type, or the text "
+                     "config's for a description of the language model)")
+        return
+    allowed = scopes[kind] if kind is not None else set().union(*scopes.values())
+    if cls is not None and cls not in allowed:
+        scope = f" for model_type {kind!r}" if kind is not None else ""
+        problems.add(f"describe()['model_class'] is {cls!r}, expected "
+                     f"{' or '.join(map(repr, sorted(allowed)))}{scope} (type(model).__name__, "
+                     "or the language model's class when describing the language model)")
+
+
+@check(why="optional fields, but a wrong value misleads whoever reads the description")
 def check_describe_metadata(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
     """Optional describe() fields (model_type, model_class, device, architecture.*) are right when present."""
     desc, truth = _valid(adapter, model)
-    reported = 0
-    for key, (allowed, fix) in _metadata_expectations(truth).items():
-        head, _, sub = key.partition(".")
-        value = desc.get(head)
-        if sub:
-            value = value.get(sub) if isinstance(value, dict) else None
+    expectations = _metadata_expectations(truth)
+    present = [k for k in ("model_type", "model_class", *expectations)
+               if _reported(desc, k) is not None]
+    if not present:
+        raise CheckNotApplicable("describe() reports none of the optional metadata fields")
+    problems = Problems()
+    _identity_problems(desc, model, truth, problems)
+    for key, (allowed, fix) in expectations.items():
+        value = _reported(desc, key)
         if value is None:
             continue
-        reported += 1
         if key == "device":
             value = truth_mod.as_device(value)
         if value not in allowed:
             path = "".join(f"['{p}']" for p in key.split("."))
-            raise CheckFailed(f"describe(){path} is {value!r}, expected "
-                              f"{' or '.join(map(repr, sorted(allowed)))}; {fix}")
-    if not reported:
-        raise CheckNotApplicable("describe() reports none of the optional metadata fields")
+            problems.add(f"describe(){path} is {value!r}, expected "
+                         f"{' or '.join(map(repr, sorted(allowed)))}: {fix}")
+    problems.raise_if_any()
+
+
+#: Optional describe() fields a hardened adapter reports, and when they apply.
+OPTIONAL_FIELDS = ("model_type", "model_class", "total_params", "device")
+
+
+@check(level=SHOULD, why="the protocol requires only n_layer, heads_per_layer, mlp_dims and tying; "
+       "the rest is metadata callers rely on when it is there")
+def check_describe_reports_optional_metadata(adapter: Any, model: nn.Module,
+                                             ctx: CheckContext) -> None:
+    """describe() reports model_type, model_class, total_params, device, and gqa_config / expert counts where they apply."""  # noqa: E501
+    desc, truth = _valid(adapter, model)
+    missing = [key for key in OPTIONAL_FIELDS if key not in desc]
+    if truth.is_gqa and "gqa_config" not in desc:
+        missing.append(f"gqa_config (the model has {truth.heads[0]} query heads and "
+                       f"{truth.kv_heads[0]} K/V heads)")
+    arch = desc.get("architecture") if isinstance(desc.get("architecture"), dict) else {}
+    if truth.experts is not None:
+        missing += [f"architecture.{key} (the model has {want})" for key, want in (
+            ("num_experts", truth.experts), ("num_experts_per_tok", truth.experts_per_token))
+            if key not in arch]
+    if missing:
+        raise CheckFailed(f"describe() lacks {', '.join(missing)}; report them (see "
+                          f"{SCHEMA}) so callers need not re-derive them")
 
 
 CHECKS = (
@@ -252,7 +350,9 @@ CHECKS = (
     check_describe_gqa_config,
     check_describe_mlp_dims,
     check_describe_experts,
+    check_describe_layer_types,
     check_describe_tying,
     check_describe_total_params,
     check_describe_metadata,
+    check_describe_reports_optional_metadata,
 )

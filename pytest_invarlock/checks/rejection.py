@@ -8,7 +8,7 @@ import os
 import pickle
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,27 +17,51 @@ import torch
 from torch import nn
 
 from pytest_invarlock import capabilities, state
-from pytest_invarlock.checks import CheckContext, check
+from pytest_invarlock.checks import SHOULD, CheckContext, Problems, check, summarize
 from pytest_invarlock.errors import CheckFailed, CheckNotApplicable
 
 
-def expect_refusal(model: nn.Module, action: Callable[[], object], what: str) -> None:
-    """Require ``action`` to raise a non-empty error and to leave ``model`` bit-identical."""
+def refusal_problem(model: nn.Module, action: Callable[[], object], what: str) -> str | None:
+    """Return why restoring ``what`` was not a clean refusal, or None when it was.
+
+    A clean refusal raises an error with a message and leaves ``model`` bit-identical.
+    """
     before = state.capture(model)
     try:
         action()
     except Exception as exc:
         if not str(exc).strip():
-            raise CheckFailed(f"restoring {what} raised {type(exc).__name__} with no message; "
-                              "say which file, key or check failed") from None
+            return f"restoring {what} raised {type(exc).__name__} with no message"
     else:
-        raise CheckFailed(f"restoring {what} succeeded; validate the snapshot (header, names, "
-                          "shapes, dtypes, checksums) and raise instead")
+        return f"restoring {what} succeeded"
     changed = state.diff(model, before)
     if changed:
-        raise CheckFailed(f"restoring {what} raised but changed the model first: "
-                          f"{'; '.join(changed[:3])}. Validate everything before copying any "
-                          "tensor, so a failed restore leaves the model untouched")
+        state.reset(model, before)  # so the next sub-case starts from the same model
+        return f"restoring {what} raised but changed the model first ({summarize(changed, 3)})"
+    return None
+
+
+FIX = ("Validate the whole snapshot (header, names, shapes, dtypes, sizes) before copying any "
+       "tensor, raise an error that says which file, key or check failed, and leave the model "
+       "untouched")
+
+
+def expect_refusal(model: nn.Module, action: Callable[[], object], what: str) -> None:
+    """Require ``action`` to raise a non-empty error and to leave ``model`` bit-identical."""
+    problem = refusal_problem(model, action, what)
+    if problem:
+        raise CheckFailed(f"{problem}. {FIX}")
+
+
+def _refusals(model: nn.Module, cases: Iterable[tuple[str, Callable[[], object]]],
+              fix: str = FIX) -> None:
+    """Try every (what, action) sub-case and fail once, listing every one not cleanly refused."""
+    problems = Problems()
+    for what, action in cases:
+        problem = refusal_problem(model, action, what)
+        if problem:
+            problems.add(problem)
+    problems.raise_if_any(fix)
 
 
 def _take(adapter: Any, model: nn.Module) -> Any:
@@ -74,7 +98,11 @@ def _data_files(root: Path) -> list[Path]:
 
 
 def _foreign_models(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Return a model of another family and one of this class with one more layer."""
+    """Return a model of another family and, where the config has a depth, this class deeper.
+
+    Building the deeper model must work for every config the suite bundles: a failure here is
+    the suite's own error and propagates (it never silently drops the case).
+    """
     from pytest_invarlock.fixtures import build_model, catalog
 
     config = getattr(model, "config", None)
@@ -82,54 +110,112 @@ def _foreign_models(model: nn.Module) -> list[tuple[str, nn.Module]]:
     other = next(f for f in catalog().values() if f.config["model_type"] != model_type)
     found = [(f"a {other.family} model", build_model(other))]
     if config is not None and hasattr(config, "num_hidden_layers"):
-        settings = config.to_dict()
-        settings.pop("layer_types", None)  # sized to the old depth; rebuilt from the new one
-        deeper = type(config).from_dict(settings)
-        deeper.num_hidden_layers = config.num_hidden_layers + 1
-        try:
-            other_model = type(model)(deeper).eval()
-        except Exception:
-            return found
+        other_model = type(model)(_deeper(config)).eval()
         if _shapes(other_model) != _shapes(model):  # ALBERT shares layers: same state, no test
             found.append((f"{type(model).__name__} with one more layer", other_model))
     return found
+
+
+def _deeper(config: Any) -> Any:
+    """Return a copy of ``config`` with one more layer; per-layer lists grow by their pattern."""
+    settings = config.to_dict()
+    depth = int(config.num_hidden_layers)
+    for key, value in list(settings.items()):
+        if isinstance(value, list) and len(value) == depth and depth > 0:
+            period = _period(value)
+            settings[key] = [*value, value[depth % period]]
+    settings["num_hidden_layers"] = depth + 1
+    return type(config).from_dict(settings)
+
+
+def _period(values: list[Any]) -> int:
+    """Return the length of the shortest pattern that ``values`` repeats."""
+    return next(p for p in range(1, len(values) + 1)
+                if all(values[i] == values[i % p] for i in range(len(values))))
 
 
 def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return {n: tuple(t.shape) for n, (t, _) in state.named_tensors(model).items()}
 
 
-@check(mutates=True)
+@check(mutates=True, why="restoring another model's state is silent corruption")
 def check_restore_rejects_foreign_snapshot(adapter: Any, model: nn.Module,
                                            ctx: CheckContext) -> None:
     """restore() refuses a snapshot of another architecture, and of this one with another depth."""
     _take(adapter, model)
-    for label, foreign in _foreign_models(model):
-        blob = adapter.snapshot(foreign)
-        expect_refusal(model, lambda blob=blob: adapter.restore(model, blob),
-                       f"a snapshot of {label}")
+    blobs = [(label, adapter.snapshot(foreign)) for label, foreign in _foreign_models(model)]
+    _refusals(model, [(f"a snapshot of {label}", lambda blob=blob: adapter.restore(model, blob))
+                      for label, blob in blobs],
+              "Check that the snapshot's names, shapes and dtypes are exactly the model's before "
+              "copying anything, and raise otherwise")
 
 
-@check(mutates=True)
+@check(mutates=True, why="a cut-short snapshot (a full disk, a broken transfer) must never be "
+       "half-restored")
 def check_restore_rejects_truncated_blob(adapter: Any, model: nn.Module,
                                          ctx: CheckContext) -> None:
     """restore() refuses a snapshot cut short anywhere (header, data, last byte)."""
     blob = bytes(_take(adapter, model))
-    for cut in (0, 4, len(blob) // 2, len(blob) - 1):
-        expect_refusal(model, lambda cut=cut: adapter.restore(model, blob[:cut]),
-                       f"a snapshot truncated to {cut} of {len(blob)} bytes")
+    _refusals(model, [(f"a snapshot truncated to {cut} of {len(blob)} bytes",
+                       lambda cut=cut: adapter.restore(model, blob[:cut]))
+                      for cut in sorted({0, 4, len(blob) // 2, len(blob) - 1})])
 
 
-@check(mutates=True)
+def payload_offsets(data: bytes, model: nn.Module, count: int = 2) -> list[tuple[int, str]]:
+    """Return up to ``count`` offsets inside ``data`` that hold tensor values, with the tensor.
+
+    The offsets are found by searching ``data`` for the raw bytes of the model's largest
+    tensors, so a flip there changes a value, never a header, whatever the snapshot format.
+    """
+    seen, found = set(), []
+    tensors = sorted(state.named_tensors(model).items(), key=lambda kv: (-kv[1][0].numel(), kv[0]))
+    for name, (t, _) in tensors:
+        key = state.storage_key(t)
+        if key in seen or t.numel() * t.element_size() < 64:
+            continue
+        seen.add(key)
+        raw = bytes(state.bits(t)[:64].numpy())
+        at = data.find(raw)
+        if at >= 0 and len(set(raw)) > 4:
+            found.append((at + 37, name))
+        if len(found) == count:
+            break
+    return found
+
+
+def _flips(data: bytes, model: nn.Module) -> list[tuple[int, str]]:
+    """Return where to change a byte: inside tensor values, else (an encoded layout) mid-file."""
+    found = [(at, f"inside {name!r}") for at, name in payload_offsets(data, model)]
+    return found or [(len(data) * 5 // 8, "at 5/8 of the file: the tensor values are encoded"),
+                     (len(data) * 3 // 4, "at 3/4 of the file")]
+
+
+#: Byte classes a changed byte stays within, so a text encoding (hex, base64 inside JSON) stays
+#: valid and only the decoded values change.
+_CLASSES = (b"0123456789", b"abcdef", b"ghijklmnopqrstuvwxyz", b"ABCDEF",
+            b"GHIJKLMNOPQRSTUVWXYZ")
+
+
+def _flipped(data: bytes, at: int) -> bytes:
+    """Return ``data`` with the byte at ``at`` changed, keeping it in its character class."""
+    bad = bytearray(data)
+    old = bad[at]
+    cls = next((c for c in _CLASSES if old in c), None)
+    bad[at] = cls[(cls.index(old) + 1) % len(cls)] if cls else old ^ 0x01
+    return bytes(bad)
+
+
+@check(mutates=True, level=SHOULD, why="bit flips in memory or on disk are rare; detecting them "
+       "(a checksum) is hardening the protocol does not promise")
 def check_restore_rejects_tampered_blob(adapter: Any, model: nn.Module,
                                         ctx: CheckContext) -> None:
-    """restore() refuses a snapshot with one flipped byte in its data."""
+    """restore() refuses a snapshot with one flipped byte inside a tensor's values."""
     blob = bytes(_take(adapter, model))
-    for where in (len(blob) * 3 // 4, len(blob) - 1):
-        bad = bytearray(blob)
-        bad[where] ^= 0xFF
-        expect_refusal(model, lambda bad=bad: adapter.restore(model, bytes(bad)),
-                       f"a snapshot with byte {where} of {len(blob)} flipped (no checksum?)")
+    _refusals(model, [(f"a snapshot with byte {at} of {len(blob)} changed ({where})",
+                       lambda at=at: adapter.restore(model, _flipped(blob, at)))
+                      for at, where in _flips(blob, model)],
+              "Store a checksum per tensor (or for the whole payload) and verify it before "
+              "copying anything")
 
 
 def _escape_variants(root: Path, outside: Path) -> Iterator[str]:
@@ -153,30 +239,68 @@ def _escape_variants(root: Path, outside: Path) -> Iterator[str]:
     chunk.write_bytes(saved)
 
 
-@check(mutates=True)
-def check_restore_rejects_tampered_chunks(adapter: Any, model: nn.Module,
-                                          ctx: CheckContext) -> None:
-    """restore_chunked() refuses flipped, truncated, missing or escaping chunks."""
+@check(mutates=True, why="a chunk cut short or lost (a full disk, an interrupted copy) must "
+       "never be half-restored")
+def check_restore_chunked_rejects_damaged_chunks(adapter: Any, model: nn.Module,
+                                                 ctx: CheckContext) -> None:
+    """restore_chunked() refuses a snapshot whose largest file was cut short or is missing."""
     _need_chunked(adapter)
     with _chunked(adapter, model) as root:
         chunk = _data_files(root)[0]
         original = chunk.read_bytes()
-        damaged = {"flipped": bytearray(original), "truncated": original[: len(original) // 2]}
-        damaged["flipped"][len(original) * 3 // 4] ^= 0xFF
-        for how, data in damaged.items():
-            chunk.write_bytes(bytes(data))
-            expect_refusal(model, lambda: adapter.restore_chunked(model, str(root)),
-                           f"a chunked snapshot whose {chunk.name} was {how}")
-        chunk.unlink()
-        expect_refusal(model, lambda: adapter.restore_chunked(model, str(root)),
-                       f"a chunked snapshot missing {chunk.name}")
-        chunk.write_bytes(original)
-        with tempfile.TemporaryDirectory(dir=root.parent) as outside:
-            for what in _escape_variants(root, Path(outside)):
-                expect_refusal(model, lambda: adapter.restore_chunked(model, str(root)), what)
+
+        def restore() -> None:
+            adapter.restore_chunked(model, str(root))
+
+        def cases() -> Iterator[tuple[str, Callable[[], object]]]:
+            for cut in sorted({len(original) // 2, max(len(original) - 1, 0)}):
+                chunk.write_bytes(original[:cut])
+                yield (f"a chunked snapshot whose {chunk.name} was truncated to {cut} of "
+                       f"{len(original)} bytes", restore)
+            chunk.unlink()
+            yield f"a chunked snapshot missing {chunk.name}", restore
+            chunk.write_bytes(original)
+
+        _refusals(model, cases(), "Record each file's size (or a checksum) in the manifest, "
+                  f"check every file before copying any tensor, and raise otherwise. {FIX}")
 
 
-@check(mutates=True)
+@check(mutates=True, level=SHOULD, why="bit flips on disk are rare; detecting them (a checksum "
+       "per file) is hardening the protocol does not promise")
+def check_restore_chunked_rejects_flipped_chunk(adapter: Any, model: nn.Module,
+                                                ctx: CheckContext) -> None:
+    """restore_chunked() refuses a snapshot with one flipped byte inside a tensor's values."""
+    _need_chunked(adapter)
+    with _chunked(adapter, model) as root:
+        chunk = _data_files(root)[0]
+        original = chunk.read_bytes()
+
+        def cases() -> Iterator[tuple[str, Callable[[], object]]]:
+            for at, where in _flips(original, model):
+                chunk.write_bytes(_flipped(original, at))
+                yield (f"a chunked snapshot whose {chunk.name} has byte {at} changed ({where})",
+                       lambda: adapter.restore_chunked(model, str(root)))
+            chunk.write_bytes(original)
+
+        _refusals(model, cases(), "Record a checksum per file in the manifest and verify every "
+                  "file before copying any tensor")
+
+
+@check(mutates=True, level=SHOULD, why="reading files outside the snapshot directory is a "
+       "path-traversal hazard, beyond what the protocol promises")
+def check_restore_chunked_refuses_escaping_paths(adapter: Any, model: nn.Module,
+                                                 ctx: CheckContext) -> None:
+    """restore_chunked() reads nothing outside the snapshot directory (manifest paths, symlinks)."""
+    _need_chunked(adapter)
+    with _chunked(adapter, model) as root, tempfile.TemporaryDirectory(dir=root.parent) as outside:
+        _refusals(model, ((what, lambda: adapter.restore_chunked(model, str(root)))
+                          for what in _escape_variants(root, Path(outside))),
+                  "Accept only plain file names listed in the manifest, refuse symlinks, and "
+                  "resolve every path inside the snapshot directory")
+
+
+@check(mutates=True, why="restoring into a model whose dtype changed would silently cast or "
+       "corrupt values")
 def check_restore_rejects_dtype_mismatch(adapter: Any, model: nn.Module,
                                          ctx: CheckContext) -> None:
     """restore() refuses a snapshot whose dtypes differ from the model's (e.g. after .half())."""
@@ -206,40 +330,41 @@ def pickle_payloads(marker: Path) -> dict[str, bytes]:
     return {"a raw pickle": pickle.dumps(_Payload(marker)), "a torch.save archive": buf.getvalue()}
 
 
-@check(mutates=True)
+@check(mutates=True, why="unpickling a snapshot executes whatever code it carries")
 def check_restore_refuses_pickle(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
     """restore() and restore_chunked() refuse pickle payloads without executing them."""
+    problems = Problems()
     with tempfile.TemporaryDirectory() as tmp:
         marker = Path(tmp) / "executed"
+
+        def judge(what: str, action: Callable[[], object]) -> None:
+            problem = refusal_problem(model, action, f"{what} carrying a code-execution payload")
+            if marker.exists():
+                marker.unlink()
+                problems.add(f"{what} executed the pickle's payload")
+            elif problem:
+                problems.add(problem)
+
         for label, payload in pickle_payloads(marker).items():
-            try:
-                expect_refusal(model, lambda payload=payload: adapter.restore(model, payload),
-                               f"{label} carrying a code-execution payload")
-            finally:
-                _no_marker(marker, f"restore() of {label}")
+            judge(f"restore() of {label}", lambda payload=payload: adapter.restore(model, payload))
         if hasattr(adapter, "snapshot_chunked") and capabilities.snapshot_claim(adapter) == "full":
             with _chunked(adapter, model) as root:
                 chunk = _data_files(root)[0]
                 chunk.write_bytes(pickle_payloads(marker)["a torch.save archive"])
-                try:
-                    expect_refusal(model, lambda: adapter.restore_chunked(model, str(root)),
-                                   f"a chunked snapshot whose {chunk.name} is a torch.save "
-                                   "archive")
-                finally:
-                    _no_marker(marker, "restore_chunked() of a torch.save chunk")
-
-
-def _no_marker(marker: Path, what: str) -> None:
-    if marker.exists():
-        raise CheckFailed(f"{what} executed the pickle's payload; never unpickle snapshots "
-                          "(use safetensors, or torch.load(weights_only=True) at the very least)")
+                judge(f"restore_chunked() of a chunked snapshot whose {chunk.name} is a torch.save "
+                      "archive", lambda: adapter.restore_chunked(model, str(root)))
+    problems.raise_if_any("never unpickle snapshots (use safetensors, or torch.load("
+                          "weights_only=True) at the very least) and refuse anything else with a "
+                          "clear error")
 
 
 CHECKS = (
     check_restore_rejects_foreign_snapshot,
     check_restore_rejects_truncated_blob,
     check_restore_rejects_tampered_blob,
-    check_restore_rejects_tampered_chunks,
+    check_restore_chunked_rejects_damaged_chunks,
+    check_restore_chunked_rejects_flipped_chunk,
+    check_restore_chunked_refuses_escaping_paths,
     check_restore_rejects_dtype_mismatch,
     check_restore_refuses_pickle,
 )

@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 from pytest_invarlock import capabilities, state
-from pytest_invarlock.checks import CheckContext, check
+from pytest_invarlock.checks import CheckContext, check, summarize
 from pytest_invarlock.errors import CheckFailed, CheckNotApplicable, ClaimNote
 
 
 def _few(problems: list[str]) -> str:
-    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-    return "; ".join(problems[:3]) + more
+    count = f"{len(problems)} differences: " if len(problems) > 1 else ""
+    return count + summarize(problems)
 
 
 def roundtrip(model: nn.Module, take: Callable[[], object],
@@ -86,7 +86,7 @@ def _check_bytes_like(blob: object) -> None:
                           "bytes-like buffer) so callers can store and hash it")
 
 
-@check(mutates=True)
+@check(mutates=True, why="an exact round-trip is the protocol's core promise")
 def check_snapshot_roundtrip_bytes(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
     """restore(snapshot()) after perturbing every parameter and buffer is bit-exact."""
 
@@ -99,7 +99,7 @@ def check_snapshot_roundtrip_bytes(adapter: Any, model: nn.Module, ctx: CheckCon
               capabilities.snapshot_claim(adapter))
 
 
-@check(mutates=True)
+@check(mutates=True, why="an exact round-trip is the protocol's core promise")
 def check_snapshot_roundtrip_chunked(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
     """restore_chunked(snapshot_chunked()) after perturbing everything is bit-exact."""
     if not hasattr(adapter, "snapshot_chunked"):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from pytest_invarlock import capabilities, state, truth
-from pytest_invarlock.checks import CheckContext, check
+from pytest_invarlock.checks import CheckContext, check, summarize
 from pytest_invarlock.errors import CheckFailed, CheckNotApplicable
 
 
@@ -16,7 +16,7 @@ def _shares(model: nn.Module, a: str, b: str) -> bool:
     return any(a in g and b in g for g in state.storage_groups(model))
 
 
-@check()
+@check(why="a tie the config asks for, lost or invented on load, changes the model's behaviour")
 def check_tying_after_load(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
     """The embedding and LM head share storage exactly when config.tie_word_embeddings says so."""
     facts = truth.derive(model)
@@ -33,7 +33,7 @@ def check_tying_after_load(adapter: Any, model: nn.Module, ctx: CheckContext) ->
                           "storage after load_model(); do not tie weights the config keeps apart")
 
 
-@check(mutates=True)
+@check(mutates=True, why="ties must survive the dtype/device moves every caller makes")
 def check_tying_after_to(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
     """Tied groups survive ``model.to(dtype)`` and back (ties are one Parameter, not two views)."""
     before = state.storage_groups(model)
@@ -46,12 +46,13 @@ def check_tying_after_to(adapter: Any, model: nn.Module, ctx: CheckContext) -> N
     after = state.storage_groups(model)
     if after != before:
         lost = sorted(set(before) - set(after))
-        raise CheckFailed(f"model.to() split the tied group {lost[0]}: its names were distinct "
-                          "Parameter objects viewing one storage. Tie by assigning the same "
-                          "Parameter object (e.g. model.tie_weights()), not a view of its data")
+        raise CheckFailed(f"model.to() split the tied group{'s' * (len(lost) > 1)} "
+                          f"{summarize(map(str, lost))}: their names were distinct Parameter "
+                          "objects viewing one storage. Tie by assigning the same Parameter "
+                          "object (e.g. model.tie_weights()), not a view of its data")
 
 
-@check(mutates=True)
+@check(mutates=True, why="a restore that leaves tied weights apart silently doubles them")
 def check_restore_reties_tied_weights(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
     """restore() re-binds tied names to one storage after an edit untied them (not a value copy)."""
     groups = state.storage_groups(model)
