@@ -62,9 +62,13 @@ def support_matrix(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the project's own tests (pytester, broken adapters, snapshot format) on the CPU."""
+    """Run the project's own tests (pytester, broken adapters, snapshot format) on the CPU.
+
+    Two xdist workers by default: most tests run a conformance suite in a subprocess, and a CI
+    runner has two cores (``nox -s tests -- -n 0`` runs them in one process).
+    """
     session.install(*CPU_PIN, "-e", ".[dev]")
-    session.run("pytest", *session.posargs, env={"HF_HUB_OFFLINE": "1"})
+    session.run("pytest", "-n", "2", *session.posargs, env={"HF_HUB_OFFLINE": "1"})
 
 
 @nox.session
