@@ -45,7 +45,7 @@ def digest(t: Any) -> str:
     """Return the sha256 of a tensor's raw bytes (as ``state.bits`` lays them out)."""
     from pytest_invarlock import state
 
-    return hashlib.sha256(memoryview(state.bits(t).numpy())).hexdigest()
+    return hashlib.sha256(state.bits(t).numpy().tobytes()).hexdigest()
 
 
 def describe_state(model: Any) -> dict[str, Any]:

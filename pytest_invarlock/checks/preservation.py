@@ -153,7 +153,7 @@ def _reallocate(model: nn.Module) -> str:
         dtype = dtypes.pop()
         model.to(torch.float64).to(dtype)
         return f"model.to(torch.float64).to({dtype})"
-    model._apply(lambda t: t.clone())  # mixed dtypes: .to(dtype) would unify them
+    model._apply(lambda t: t.clone())  # type: ignore[no-untyped-call]  # mixed dtypes: .to() unifies
     return "model._apply(lambda t: t.clone())"
 
 
@@ -258,8 +258,8 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _config(model: nn.Module) -> dict[str, Any] | None:
-    config = getattr(model, "config", None)
-    return config.to_dict() if hasattr(config, "to_dict") else None
+    to_dict = getattr(getattr(model, "config", None), "to_dict", None)
+    return dict(to_dict()) if callable(to_dict) else None
 
 
 @dataclass

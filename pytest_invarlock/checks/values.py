@@ -95,7 +95,7 @@ def cycle(adapter: Any, model: nn.Module, way: Way,
     return True
 
 
-def about(problem: str, names: Iterable[str]) -> bool:
+def about(problem: str, names: Iterable[str | None]) -> bool:
     """Return whether a ``state.diff`` problem is about one of ``names`` (or ties, for None)."""
     return any(problem.startswith(f"{n!r} ") if n else problem.startswith("tied groups")
                for n in names)
