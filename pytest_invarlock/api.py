@@ -99,7 +99,8 @@ def verify(adapter: Any, model: str | os.PathLike[str], check: Check, *,
            device: str = "cpu", strict: bool = False) -> None:
     """Run one check inside a pytest test; the model is loaded once per (adapter, model).
 
-    A SHOULD finding passes (shown in the summary) unless ``strict``.
+    A SHOULD finding passes (recorded as a finding by the plugin's report hook) unless
+    ``strict``.
     """
     from pytest_invarlock.testing import run_check
 

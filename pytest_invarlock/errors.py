@@ -31,5 +31,22 @@ class InvarlockNote(UserWarning):
     """A passed check's finding, shown in pytest's warnings summary and kept in the records."""
 
 
-class CallTimeout(TimeoutError):
-    """An adapter call did not return within the time bound; the message names the call."""
+class ModelInconsistent(TruthUnavailable, CheckFailed):
+    """The model under test disagrees with its own config (layer count, widths, experts).
+
+    The suite knows the family, so this is a finding about the model ``load_model`` returned,
+    not a gap of the suite: a check that meets it fails.
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"the model disagrees with its own config: {detail}; load_model() must "
+                         "return the checkpoint's model as transformers builds it (if it does, "
+                         "the checkpoint itself is inconsistent)")
+
+
+class CallTimeout(BaseException):
+    """An adapter call did not return within the time bound; the message names the call.
+
+    A ``BaseException``, like ``KeyboardInterrupt``: the ``except Exception`` of a check (which
+    judges an adapter's refusals) must never take a hung call for a refusal and carry on.
+    """

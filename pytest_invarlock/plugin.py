@@ -248,9 +248,11 @@ def invarlock_subject(request: pytest.FixtureRequest) -> Any:
         pytest.skip(case.skip)
     if case.error:
         pytest.fail(case.error, pytrace=False)
+    from pytest_invarlock.errors import CallTimeout
+
     try:
         return request.config.stash[RUN].subjects.load(case)
-    except Exception as exc:
+    except (Exception, CallTimeout) as exc:
         pytest.fail(f"{case.adapter} on {case.model}: cannot load the model: {exc!r}",
                     pytrace=False)
 
@@ -284,22 +286,28 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     """
     report = yield
     excinfo = call.excinfo
-    if call.when != "call" or excinfo is None or hasattr(report, "wasxfail") or not any(
-            k == PROPERTY for k, _ in item.user_properties):
+    if call.when != "call" or excinfo is None or hasattr(report, "wasxfail"):
         return report
     from pytest_invarlock.testing import ShouldFinding, SuiteCannotJudge
 
-    if isinstance(excinfo.value, ShouldFinding):
+    if isinstance(excinfo.value, ShouldFinding):  # also in users' own verify() tests
         report.outcome = "passed"
         report.longrepr = None
         verdict = {"outcome": "finding", "message": str(excinfo.value)}
-    elif isinstance(excinfo.value, SuiteCannotJudge):
+        report.user_properties = [*report.user_properties, (VERDICT, verdict)]
+        return report
+    if not any(k == PROPERTY for k, _ in item.user_properties):
+        return report
+    if isinstance(excinfo.value, SuiteCannotJudge):
         verdict = {"outcome": "unjudged", "message": str(excinfo.value)}
     elif isinstance(excinfo.value, (pytest.fail.Exception, pytest.skip.Exception,
                                     pytest.xfail.Exception)):
         return report
     else:
         verdict = {"outcome": "error"}
+        message = getattr(excinfo.value, "invarlock_message", None)
+        if message:
+            verdict["message"] = str(message)
     report.user_properties = [*report.user_properties, (VERDICT, verdict)]
     return report
 

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pytest_invarlock.checks import Check, CheckContext, mutates
+from pytest_invarlock.errors import CallTimeout
 from pytest_invarlock.lanes import Lane, admits, unavailable
 from pytest_invarlock.registry import AdapterError, AdapterSpec, Discovery, resolve
-from pytest_invarlock.verdicts import DEFAULT_POLICY, Policy, bounded
+from pytest_invarlock.verdicts import DEFAULT_POLICY, Policy, bounded, deadline
 
 #: (label, checkpoint path or None when unavailable, family, role)
 Source = tuple[str, str | None, str | None, str | None]
@@ -48,10 +49,14 @@ class Subject:
     reference: Any = field(repr=False)
     policy: Policy = DEFAULT_POLICY
 
-    def call(self, check: Check) -> None:
-        """Run ``check``; put the model back afterwards when the check changes it."""
+    def call(self, check: Check, timeout: float = 0) -> None:
+        """Run ``check`` within ``timeout`` seconds; put the model back afterwards if it changes it.
+
+        Only the check is bounded: putting the shared model back is never interrupted.
+        """
         try:
-            check(self.adapter, self.model, self.ctx)
+            with deadline(timeout):
+                check(self.adapter, self.model, self.ctx)
         finally:
             if mutates(check):
                 from pytest_invarlock import state
@@ -72,7 +77,7 @@ T = TypeVar("T")
 
 
 def _memo(cache: dict[Any, Any], key: Any, make: Callable[[], T],
-          errors: type[Exception]) -> T:
+          errors: tuple[type[BaseException], ...]) -> T:
     """Return ``cache[key]``, made once; a failure is cached too and raised on every call."""
     if key not in cache:
         try:
@@ -109,7 +114,7 @@ class Subjects:
 
     def adapter(self, selector: str) -> Any:
         """Return the adapter instance for ``selector`` (raises :class:`AdapterError`)."""
-        return _memo(self._adapters, selector, lambda: self._instantiate(selector), AdapterError)
+        return _memo(self._adapters, selector, lambda: self._instantiate(selector), (AdapterError,))
 
     def _instantiate(self, selector: str) -> Any:
         if selector in self.discovery.problems:
@@ -119,7 +124,7 @@ class Subjects:
     def load(self, case: Case) -> Subject:
         """Return the subject of ``case``, loading the model on first use only."""
         return _memo(self._loaded, (case.selector, case.path or case.model),
-                     lambda: self._load(case), Exception)
+                     lambda: self._load(case), (Exception, CallTimeout))
 
     def _load(self, case: Case) -> Subject:
         from pytest_invarlock import state
@@ -221,8 +226,8 @@ class Subjects:
             return True
         try:
             subject = self.load(case)
-        except AdapterError:
-            return True  # an unusable adapter fails visibly in every test of its cases
+        except (AdapterError, CallTimeout):
+            return True  # an unusable or hanging adapter fails visibly in every test of its cases
         except Exception:
             return False  # this adapter cannot load this model: not its model
         return subject.adapter.can_handle(subject.model) is True

@@ -17,8 +17,12 @@ from pytest_invarlock.subjects import Subject
 from pytest_invarlock.verdicts import judge
 
 
-class ShouldFinding(Exception):
-    """A SHOULD-level check failed outside strict mode: shown and recorded, the test passes."""
+class ShouldFinding(pytest.skip.Exception):  # type: ignore[name-defined,misc]
+    """A SHOULD-level check failed outside strict mode: shown and recorded, the test passes.
+
+    A skip underneath, so ``--pdb`` does not stop on it and, with the plugin disabled, a
+    finding is a skip with its message rather than a failure.
+    """
 
 
 class SuiteCannotJudge(pytest.skip.Exception):  # type: ignore[name-defined,misc]
@@ -42,4 +46,8 @@ def run_check(subject: Subject, check: Check) -> None:
     if verdict.outcome == "unjudged":
         raise SuiteCannotJudge(f"{where}: {verdict.message}")
     assert verdict.exception is not None
+    try:  # the record keeps the call that failed, the traceback keeps the rest
+        verdict.exception.invarlock_message = f"{where}: {verdict.message}"  # type: ignore[attr-defined]
+    except AttributeError:
+        pass
     raise verdict.exception

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pytest_invarlock.errors import TruthUnavailable
+from pytest_invarlock.errors import ModelInconsistent, TruthUnavailable
 from pytest_invarlock.state import named_tensors, storage_groups, storage_key
 
 Config = Any
@@ -389,20 +389,20 @@ def _stack_truth(stack: Stack, prefix: str, config: Config, shapes: dict[str, Sh
         if stack.own_kv(config, i):
             _confirm(shapes, layer, stack.k, kv * head_dim, "K/V heads x head_dim")
         elif stack.k and layer + stack.k[0] in shapes:
-            raise TruthUnavailable(f"{layer + stack.k[0]} exists, but the config says layer {i} "
+            raise ModelInconsistent(f"{layer + stack.k[0]} exists, but the config says layer {i} "
                                    "reuses an earlier layer's keys and values; checkpoint and "
                                    "config disagree")
         _confirm(shapes, layer, stack.qkv, (heads + 2 * kv) * head_dim,
                  "(heads + 2 x K/V heads) x head_dim")
         width = _mlp_width(shapes, layer, stack)
         if width != stack.mlp_config(config, i):
-            raise TruthUnavailable(f"layer {layer[:-1]} has MLP width {width} but the config says "
+            raise ModelInconsistent(f"layer {layer[:-1]} has MLP width {width} but the config says "
                                    f"{stack.mlp_config(config, i)}; checkpoint and config disagree")
         out.mlp.append(width)
         if experts_path and layer + experts_path in shapes:
             out.experts.append(shapes[layer + experts_path][0])
     if not stack.shared and _holds(shapes, f"{prefix}.{n}."):
-        raise TruthUnavailable(f"{prefix} holds more than the {n} layers the config gives; "
+        raise ModelInconsistent(f"{prefix} holds more than the {n} layers the config gives; "
                                "checkpoint and config disagree")
     return out
 
@@ -413,9 +413,9 @@ def _confirm(shapes: dict[str, Shape], layer: str, where: tuple[str, Reader] | N
         return
     name = layer + where[0]
     if name not in shapes:
-        raise TruthUnavailable(f"expected parameter {name!r} is missing")
+        raise ModelInconsistent(f"expected parameter {name!r} is missing")
     if where[1](shapes[name]) != expected:
-        raise TruthUnavailable(f"{name} has width {where[1](shapes[name])}, the config's {what} "
+        raise ModelInconsistent(f"{name} has width {where[1](shapes[name])}, the config's {what} "
                                f"is {expected}; checkpoint and config disagree")
 
 
@@ -490,7 +490,7 @@ def _layer_types(model: nn.Module, rule: Rule, config: Config,
         raise TruthUnavailable(f"config.layer_types describes one layer list, the model holds "
                                f"{[p for _, p in present]}; the truth rule cannot place it")
     if len(types) != n_layer:
-        raise TruthUnavailable(f"config.layer_types has {len(types)} entries for a model of "
+        raise ModelInconsistent(f"config.layer_types has {len(types)} entries for a model of "
                                f"{n_layer} layers; checkpoint and config disagree")
     window = getattr(config, "sliding_window", None) if "sliding_attention" in types else None
     if "sliding_attention" in types and not isinstance(window, int):
@@ -502,7 +502,7 @@ def _layer_types(model: nn.Module, rule: Rule, config: Config,
         for name, module in model.get_submodule(f"{prefix}.{i}").named_modules():
             found = vars(module).get("sliding_window", expected)
             if found != expected:
-                raise TruthUnavailable(
+                raise ModelInconsistent(
                     f"{prefix}.{i}.{name} attends over a window of {found!r}, but "
                     f"config.layer_types[{i}] is {kind!r} (window {expected!r}); the modeling "
                     "code and the config disagree")
@@ -520,7 +520,7 @@ def _experts(rule: Rule, config: Config, found: list[int]) -> tuple[int | None, 
         return None, None
     _, count, per_token = rule.experts
     if not found or set(found) != {count(config)}:
-        raise TruthUnavailable(f"expert weights hold {sorted(set(found))} experts, the config "
+        raise ModelInconsistent(f"expert weights hold {sorted(set(found))} experts, the config "
                                f"says {count(config)}; checkpoint and config disagree")
     return count(config), per_token(config)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -80,8 +81,7 @@ def judge(subject: Subject, check: Check, policy: Policy = DEFAULT_POLICY) -> Ve
     """Run ``check`` on ``subject`` (bounded by ``policy.timeout``) and return its verdict."""
     level = level_of(check)
     try:
-        with deadline(policy.timeout):
-            subject.call(check)
+        subject.call(check, policy.timeout)
     except ClaimNote as exc:
         return Verdict("passed", level, str(exc))
     except CheckFailed as exc:
@@ -91,7 +91,7 @@ def judge(subject: Subject, check: Check, policy: Policy = DEFAULT_POLICY) -> Ve
         return Verdict("skipped", level, str(exc))
     except TruthUnavailable as exc:
         return Verdict("unjudged", level, f"{UNJUDGED}: {exc}")
-    except CallTimeout as exc:
+    except CallTimeout as exc:  # a BaseException: no check's ``except Exception`` takes it
         return Verdict("error", level, str(exc), exc)
     except Exception as exc:
         text = "".join(traceback.format_exception_only(exc)).strip()
@@ -118,10 +118,19 @@ def _is_suite(frame: FrameType) -> bool:
     return path.startswith(_SUITE + os.sep) and not path.startswith(_ADAPTERS + os.sep)
 
 
+#: The suite's code that calls adapters: the checks and the loaders of subjects.
+_CALLERS = (os.path.join(_SUITE, "checks") + os.sep, os.path.join(_SUITE, "subjects.py"),
+            os.path.join(_SUITE, "api.py"))
+
+
+def _calls_adapters(frame: FrameType) -> bool:
+    return os.path.abspath(frame.f_code.co_filename).startswith(_CALLERS)
+
+
 def _adapter_call(frames: list[FrameType]) -> str | None:
-    """Return the qualified name of the outermost call the suite made into other code."""
+    """Return the qualified name of the outermost call a check (or a loader) made into other code."""
     for i in range(1, len(frames)):
-        if _is_suite(frames[i - 1]) and not _is_suite(frames[i]):
+        if _calls_adapters(frames[i - 1]) and not _is_suite(frames[i]):
             code = frames[i].f_code
             return str(getattr(code, "co_qualname", code.co_name))
     return None
@@ -156,14 +165,21 @@ def deadline(seconds: float) -> Iterator[None]:
                           "the call hangs or is far too slow for a tiny model")
 
     previous = signal.signal(signal.SIGALRM, expire)
-    old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    outer, interval = signal.getitimer(signal.ITIMER_REAL)
+    if outer and outer <= seconds:  # an earlier timer (an outer deadline, pytest-timeout) is due first
+        signal.signal(signal.SIGALRM, previous)
+        yield
+        return
+    start = time.monotonic()
+    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-        if old_delay:  # someone else's timer (e.g. pytest-timeout) keeps running
-            signal.setitimer(signal.ITIMER_REAL, old_delay, old_interval)
+        if outer:  # put the earlier timer back with what is left of it (fire at once if due)
+            left = outer - (time.monotonic() - start)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 1e-6), interval)
 
 
 def bounded(seconds: float, make: Callable[[], T]) -> T:

@@ -141,15 +141,22 @@ class DescribesTheLanguageModel(HFMultimodalAdapter):
                 "model_class": type(lm).__name__}
 
 
-class MixesScopes(HFMultimodalAdapter):
-    """Reports the language model's model_type with the whole model's class."""
+class TypeOfTheLanguageModel(HFMultimodalAdapter):
+    """Describes the language model's model_type, and the class of the model it was given."""
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
-        lm = model.model.language_model
-        return {**super().describe(model), "model_type": lm.config.model_type}
+        return {**super().describe(model), "model_type": model.config.text_config.model_type}
 
 
-@pytest.mark.parametrize("adapter", [HFMultimodalAdapter, DescribesTheLanguageModel])
+class MixesScopes(HFMultimodalAdapter):
+    """Reports the whole model's model_type with the language model's class."""
+
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        return {**super().describe(model), "model_class": type(model.model.language_model).__name__}
+
+
+@pytest.mark.parametrize("adapter", [HFMultimodalAdapter, DescribesTheLanguageModel,
+                                     TypeOfTheLanguageModel])
 def test_both_documented_multimodal_descriptions_pass(adapter, fixture_dir):
     [result] = check_adapter(adapter(), fixture_dir("llava"),
                              checks=[describe.check_describe_metadata])
@@ -160,5 +167,92 @@ def test_a_multimodal_description_must_keep_one_scope(fixture_dir):
     [result] = check_adapter(MixesScopes(), fixture_dir("llava"),
                              checks=[describe.check_describe_metadata])
     assert result.outcome == "failed"
-    assert "describe()['model_class'] is 'LlavaForConditionalGeneration'" in result.reason
-    assert "for model_type 'llama'" in result.reason
+    assert "describe()['model_class'] is 'LlamaModel'" in result.reason
+    assert "expected 'LlavaForConditionalGeneration' for model_type 'llava'" in result.reason
+
+
+class HangsOnShortBlobs(HFCausalAdapter):
+    """restore() hangs on a truncated snapshot (reads forever for the missing bytes)."""
+
+    def restore(self, model: nn.Module, blob: bytes) -> None:
+        if len(blob) < 1000:
+            time.sleep(120)
+        super().restore(model, blob)
+
+
+def test_a_hang_inside_a_refusal_is_an_error_not_a_refusal(fixture_dir):
+    start = time.monotonic()
+    [result] = check_adapter(HangsOnShortBlobs(), fixture_dir("gpt2"), timeout=2,
+                             checks=[rejection.check_restore_rejects_truncated_blob])
+    assert time.monotonic() - start < 30
+    assert result.outcome == "error"
+    assert "HangsOnShortBlobs.restore() did not return within 2 s" in result.reason
+
+
+def test_an_earlier_timer_is_kept_and_fires_on_time():
+    from pytest_invarlock.errors import CallTimeout
+    from pytest_invarlock.verdicts import deadline
+
+    start = time.monotonic()
+    with pytest.raises(CallTimeout), deadline(1), deadline(30):
+        time.sleep(10)
+    assert time.monotonic() - start < 5
+
+
+class DropsTheLastLayer(HFCausalAdapter):
+    """load_model() returns a model missing its last layer (a botched truncation)."""
+
+    def load_model(self, model_id: str, device: str = "auto", **kw: Any) -> nn.Module:
+        model = super().load_model(model_id, device, **kw)
+        del model.model.layers[-1]
+        return model
+
+
+def test_a_model_inconsistent_with_its_config_fails_never_unjudged(fixture_dir):
+    results = check_adapter(DropsTheLastLayer(), fixture_dir("llama-gqa"),
+                            checks=[describe.check_describe_layers])
+    assert [r.outcome for r in results] == ["failed"]
+    assert "the model disagrees with its own config" in results[0].reason
+    assert "load_model() must return the checkpoint's model" in results[0].reason
+
+
+def test_a_should_finding_passes_in_a_users_own_test(pytester, fixture_dir):
+    pytester.makepyfile(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from broken_adapters import NoChecksum
+        from pytest_invarlock.api import parametrize_with_checks, verify
+        from pytest_invarlock.checks import rejection
+
+        @parametrize_with_checks([NoChecksum()], [{str(fixture_dir("gpt2"))!r}],
+                                 checks=[rejection.check_restore_rejects_tampered_blob])
+        def test_mine(adapter, model, check):
+            verify(adapter, model, check)
+    """)
+    pytester.runpytest_subprocess("-q").assert_outcomes(passed=1)
+
+
+class ReturnsTheTempRoot(HFCausalAdapter):
+    """snapshot_chunked() writes into, and returns, the temporary directory itself."""
+
+    def snapshot_chunked(self, model: nn.Module, **kw: Any) -> str:
+        import tempfile
+
+        path = super().snapshot_chunked(model, **kw)
+        for f in Path(path).iterdir():
+            f.replace(Path(tempfile.gettempdir()) / f.name)
+        Path(path).rmdir()
+        return tempfile.gettempdir()
+
+
+def test_the_suite_never_deletes_a_directory_it_did_not_get_a_snapshot_in(tmp_path, monkeypatch,
+                                                                            fixture_dir):
+    import tempfile
+
+    from pytest_invarlock.checks import roundtrip
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    (tmp_path / "precious.txt").write_text("keep me")
+    check_adapter(ReturnsTheTempRoot(), fixture_dir("gpt2"),
+                  checks=[roundtrip.check_snapshot_roundtrip_chunked])
+    assert (tmp_path / "precious.txt").read_text() == "keep me"

@@ -13,6 +13,9 @@ shown but not failing the run unless ``--invarlock-strict``).
 from __future__ import annotations
 
 import importlib
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +44,7 @@ class CheckContext:
     model_path: str | None = None
     device: str = "cpu"
     workdir: Path = field(default_factory=Path.cwd)
-    #: Reference adapters owe more than third-party ones (e.g. ``gqa_config`` for GQA models).
+    #: A reference adapter of this package (it must declare its capabilities in the contract).
     reference: bool = False
     #: How the adapter was selected (``name`` or ``module:Class``): re-creates it elsewhere.
     selector: str | None = None
@@ -123,3 +126,31 @@ class Problems:
         lead = "" if len(self.items) == 1 else f"{len(self.items)} problems: "
         tail = f". {fix}" if fix else ""
         raise CheckFailed(f"{lead}{summarize(self.items)}{tail}")
+
+
+def discard_snapshot(path: str | os.PathLike[str]) -> None:
+    """Remove a chunked snapshot directory an adapter returned, and never anything else.
+
+    Only a directory strictly inside the temporary directory (where snapshot_chunked() makes
+    its snapshots) that holds neither the working nor the home directory is removed, so an
+    adapter that returns its store's root, ``"."`` or the temporary directory itself loses
+    nothing to the suite's clean-up.
+    """
+    target = Path(path).resolve()
+    temp = Path(tempfile.gettempdir()).resolve()
+    protected = (Path.cwd().resolve(), Path.home().resolve())
+    if (target.is_dir() and temp in target.parents
+            and not any(p == target or target in p.parents for p in protected)):
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def fresh_instance(adapter: Any) -> Any:
+    """Return a new ``type(adapter)()``, or None for an adapter configured by arguments.
+
+    Frameworks create one adapter per model; an adapter may keep per-model state (a chosen
+    delegate), so a model other than the subject's is given to a new instance.
+    """
+    try:
+        return type(adapter)()
+    except TypeError:
+        return None

@@ -217,7 +217,8 @@ def check_describe_tying(adapter: Any, model: nn.Module, ctx: CheckContext) -> N
     for group in sorted(want - got, key=sorted):
         problems.add(f"describe()['tying'] misses the tie {' = '.join(sorted(group))}: they "
                      "share one storage in named_parameters(remove_duplicate=False)")
-    for group in sorted(got - want - {g for g in got if not g <= params}, key=sorted):
+    within = {g for g in got if any(g < w for w in want)}  # part of a tie: "misses" says it
+    for group in sorted(got - want - within - {g for g in got if not g <= params}, key=sorted):
         problems.add(f"describe()['tying'] reports {' = '.join(sorted(group))} as tied, but "
                      "they have separate storage")
     problems.raise_if_any("Build the map from storage identity over named_parameters("
@@ -237,21 +238,16 @@ def check_describe_total_params(adapter: Any, model: nn.Module, ctx: CheckContex
                           "numel() over model.parameters() (which skips tied duplicates)")
 
 
-def _scopes(model: nn.Module, truth: truth_mod.Truth) -> dict[str, set[str]]:
-    """Return model_type -> the class names a describe() of that scope may report.
+def _language_classes(model: nn.Module) -> set[str]:
+    """Return the classes of the transformers models inside ``model`` that hold its text config."""
+    from transformers import PreTrainedModel
 
-    A text-only model has one scope. A multimodal model has two documented choices: describe
-    the whole model (its model_type, its class) or its language model (the text config's
-    model_type, the class of a submodule holding that config).
-    """
-    config = model.config
-    scopes = {str(config.model_type): {type(model).__name__}}
     text = truth_mod.text_config(model)
-    if text is not config:
-        names = {type(m).__name__ for _, m in model.named_modules()
-                 if getattr(getattr(m, "config", None), "model_type", None) == text.model_type}
-        scopes.setdefault(str(text.model_type), set()).update(names)
-    return scopes
+    if text is model.config:
+        return set()
+    return {type(m).__name__ for _, m in model.named_modules()
+            if isinstance(m, PreTrainedModel) and m is not model
+            and getattr(getattr(m, "config", None), "model_type", None) == text.model_type}
 
 
 def _metadata_expectations(truth: truth_mod.Truth) -> dict[str, tuple[set[str], str]]:
@@ -276,17 +272,24 @@ def _reported(desc: dict[str, Any], key: str) -> Any:
     return value
 
 
-def _identity_problems(desc: dict[str, Any], model: nn.Module, truth: truth_mod.Truth,
-                       problems: Problems) -> None:
-    """Judge model_type and model_class together: both must name the same described scope."""
-    scopes = _scopes(model, truth)
+def _identity_problems(desc: dict[str, Any], model: nn.Module, problems: Problems) -> None:
+    """Judge model_type and model_class; a multimodal model may be described either way.
+
+    model_type is the config's, or (describing the language model) the text config's;
+    model_class is the class of the model given, or, with the text model_type or none, the
+    class of the language model inside it. Naming the language model's class with the whole
+    model's model_type contradicts itself.
+    """
+    whole, text = str(model.config.model_type), str(truth_mod.text_config(model).model_type)
     kind, cls = desc.get("model_type"), desc.get("model_class")
-    if kind is not None and kind not in scopes:
+    if kind is not None and kind not in {whole, text}:
         problems.add(f"describe()['model_type'] is {kind!r}, expected "
-                     f"{' or '.join(map(repr, sorted(scopes)))} (config.model_type, or the text "
-                     "config's for a description of the language model)")
+                     f"{' or '.join(map(repr, sorted({whole, text})))} (config.model_type, or the "
+                     "text config's for a description of the language model)")
         return
-    allowed = scopes[kind] if kind is not None else set().union(*scopes.values())
+    allowed = {type(model).__name__}
+    if kind in (None, text):
+        allowed |= _language_classes(model)
     if cls is not None and cls not in allowed:
         scope = f" for model_type {kind!r}" if kind is not None else ""
         problems.add(f"describe()['model_class'] is {cls!r}, expected "
@@ -304,7 +307,7 @@ def check_describe_metadata(adapter: Any, model: nn.Module, ctx: CheckContext) -
     if not present:
         raise CheckNotApplicable("describe() reports none of the optional metadata fields")
     problems = Problems()
-    _identity_problems(desc, model, truth, problems)
+    _identity_problems(desc, model, problems)
     for key, (allowed, fix) in expectations.items():
         value = _reported(desc, key)
         if value is None:

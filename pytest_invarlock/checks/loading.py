@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from pytest_invarlock import truth as truth_mod
-from pytest_invarlock.checks import MUST, SHOULD, CheckContext, Problems, check
+from pytest_invarlock.checks import MUST, SHOULD, CheckContext, Problems, check, fresh_instance, summarize
 from pytest_invarlock.checks.describe import tied_groups
 from pytest_invarlock.errors import CheckFailed, CheckNotApplicable
 
@@ -101,6 +101,16 @@ def _describe_problems(desc: object, truth: truth_mod.Truth, call: str) -> list[
     return found
 
 
+def _handles(adapter: Any, module: nn.Module, others: str, problems: Problems) -> object:
+    """Return ``adapter.can_handle(module)``; None (and a problem) when it raises."""
+    try:
+        return adapter.can_handle(module)
+    except Exception as exc:
+        problems.add(f"can_handle({type(module).__name__}) raised {exc!r}; return False for "
+                     f"{others}")
+        return None
+
+
 @check(level=MUST, why="can_handle() True is a promise that describe() understands the model; "
        "hf_auto and callers pick adapters by it")
 def check_can_handle_rejects_foreign_models(adapter: Any, model: nn.Module,
@@ -110,27 +120,17 @@ def check_can_handle_rejects_foreign_models(adapter: Any, model: nn.Module,
 
     problems = Problems()
     for module in (nn.Linear(4, 4), nn.Sequential(nn.Linear(4, 4), nn.ReLU())):
-        name = type(module).__name__
-        try:
-            answer = adapter.can_handle(module)
-        except Exception as exc:
-            problems.add(f"can_handle({name}) raised {exc!r}; return False for modules the "
-                         "adapter does not understand")
-            continue
-        if answer is not False:
-            problems.add(f"can_handle({name}) is {answer!r}; return False for modules without a "
-                         "transformers config of a supported family")
+        answer = _handles(adapter, module, "modules without a transformers config", problems)
+        if answer is not False and answer is not None:
+            problems.add(f"can_handle({type(module).__name__}) is {answer!r}; return False for "
+                         "modules without a transformers config of a supported family")
     for fixture in _foreign_probes(model):
         foreign = build_model(fixture)
         name = type(foreign).__name__
         what = f"fixture {fixture.name!r} ({fixture.family}, role {fixture.role})"
-        try:
-            answer = adapter.can_handle(foreign)
-        except Exception as exc:
-            problems.add(f"can_handle({name}) raised {exc!r} for {what}; return False for models "
-                         "the adapter does not handle")
-            continue
-        if answer is False:
+        probe = fresh_instance(adapter) or adapter  # another model: a new instance, as frameworks do
+        answer = _handles(probe, foreign, f"models the adapter does not handle ({what})", problems)
+        if answer is None or answer is False:
             continue
         if answer is not True:
             problems.add(f"can_handle({name}) is {answer!r} for {what}; return True or False")
@@ -138,7 +138,7 @@ def check_can_handle_rejects_foreign_models(adapter: Any, model: nn.Module,
         truth = truth_mod.derive(foreign)  # TruthUnavailable: a gap in the suite, reported as such
         call = f"describe({name})"
         try:
-            desc = adapter.describe(foreign)
+            desc = probe.describe(foreign)
         except Exception as exc:
             problems.add(f"can_handle({name}) is True for {what} but {call} raised {exc!r}")
             continue
@@ -168,13 +168,31 @@ def check_load_model_honours_dtype(adapter: Any, model: nn.Module, ctx: CheckCon
     current = next(model.parameters()).dtype
     want = torch.bfloat16 if current != torch.bfloat16 else torch.float16
     loaded = _load(adapter, ctx, ctx.model_path, dtype=want)
-    wrong = [(n, p.dtype) for n, p in loaded.named_parameters()
-             if p.is_floating_point() and p.dtype != want]
+    kept = _kept_in_fp32(loaded, want)
+    wrong = [f"{n!r} is {p.dtype}" for n, p in loaded.named_parameters()
+             if p.is_floating_point() and p.dtype != want and not kept(n)]
     if wrong:
-        name, dtype = wrong[0]
-        raise CheckFailed(f"load_model(..., dtype={want}) left {len(wrong)} parameters in another "
-                          f"dtype, e.g. {name!r} is {dtype}; pass dtype through to "
+        raise CheckFailed(f"load_model(..., dtype={want}) left {len(wrong)} parameter(s) in "
+                          f"another dtype: {summarize(wrong)}; pass dtype through to "
                           "from_pretrained and do not cast afterwards")
+
+
+def _kept_in_fp32(model: nn.Module, dtype: torch.dtype) -> Callable[[str], bool]:
+    """Return whether transformers itself keeps a parameter in float32 at ``dtype``.
+
+    Model classes list such modules in ``_keep_in_fp32_modules`` (honoured for float16) and
+    ``_keep_in_fp32_modules_strict`` (float16 and bfloat16); from_pretrained keeps them in
+    float32 whatever dtype it is given, so an adapter that passes dtype through is right.
+    """
+    names = list(getattr(model, "_keep_in_fp32_modules_strict", None) or [])
+    if dtype == torch.float16:
+        names += list(getattr(model, "_keep_in_fp32_modules", None) or [])
+
+    def kept(name: str) -> bool:
+        parts = name.split(".")
+        return any(module in parts for module in names)
+
+    return kept
 
 
 @dataclass(frozen=True)

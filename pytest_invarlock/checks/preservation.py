@@ -6,7 +6,6 @@ live storage a restore must write into.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ import torch
 from torch import nn
 
 from pytest_invarlock import capabilities, state
-from pytest_invarlock.checks import CheckContext, Problems, check
+from pytest_invarlock.checks import CheckContext, Problems, check, discard_snapshot
 from pytest_invarlock.checks.values import baseline, cycle, not_judged, refused, snapshot_ways
 from pytest_invarlock.errors import CheckNotApplicable
 
@@ -147,14 +146,13 @@ def check_restore_preserves_objects(adapter: Any, model: nn.Module, ctx: CheckCo
 
 
 def _reallocate(model: nn.Module) -> str:
-    """Give every tensor new storage, keeping the Parameter objects; return what was done."""
-    dtypes = {t.dtype for t, _ in state.named_tensors(model).values() if t.is_floating_point()}
-    if len(dtypes) == 1:
-        dtype = dtypes.pop()
-        model.to(torch.float64).to(dtype)
-        return f"model.to(torch.float64).to({dtype})"
-    model._apply(lambda t: t.clone())  # type: ignore[no-untyped-call]  # mixed dtypes: .to() unifies
-    return "model._apply(lambda t: t.clone())"
+    """Give every tensor new storage, keeping the Parameter objects; return what was done.
+
+    What ``model.to(...)`` does to a model that changes dtype or device, for every dtype (a
+    float64 model's ``.to(torch.float64)`` would keep its storage) and at one copy's cost.
+    """
+    model._apply(lambda t: t.clone())  # type: ignore[no-untyped-call]
+    return "model._apply(lambda t: t.clone()) (what model.to() does to the storage)"
 
 
 @check(mutates=True, why="model.to(), accelerate and offloading replace tensor storage under "
@@ -345,8 +343,8 @@ def _attribute_changes(was: dict[str, tuple[frozenset[str], dict[str, Any]]],
     return found
 
 
-@check(why="describe, snapshot and can_handle are observations; an observation that edits the "
-       "model changes what every later step sees")
+@check(mutates=True, why="describe, snapshot and can_handle are observations; an observation "
+       "that edits the model changes what every later step sees")
 def check_read_only_calls_leave_model_unchanged(adapter: Any, model: nn.Module,
                                                 ctx: CheckContext) -> None:
     """describe(), snapshot(), snapshot_chunked() and can_handle() leave the model as it was."""
@@ -382,7 +380,7 @@ def check_read_only_calls_leave_model_unchanged(adapter: Any, model: nn.Module,
                     was = look(model, was.values)
     finally:
         for path in paths:
-            shutil.rmtree(path, ignore_errors=True)
+            discard_snapshot(path)
     problems.raise_if_any("These calls only read the model: never call train()/eval()/to()/"
                           "requires_grad_(), register hooks, set attributes or edit the config "
                           "in them (or undo every such change before returning)")

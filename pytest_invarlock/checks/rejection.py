@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pytest_invarlock import capabilities, state
-from pytest_invarlock.checks import SHOULD, CheckContext, Problems, check, summarize
+from pytest_invarlock.checks import SHOULD, CheckContext, Problems, check, discard_snapshot, summarize
 from pytest_invarlock.errors import CheckFailed, CheckNotApplicable
 
 
@@ -88,7 +88,7 @@ def _chunked(adapter: Any, model: nn.Module) -> Iterator[Path]:
     try:
         yield path
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        discard_snapshot(path)
 
 
 def _data_files(root: Path) -> list[Path]:
@@ -109,23 +109,36 @@ def _foreign_models(model: nn.Module) -> list[tuple[str, nn.Module]]:
     model_type = getattr(config, "model_type", None)
     other = next(f for f in catalog().values() if f.config["model_type"] != model_type)
     found = [(f"a {other.family} model", build_model(other))]
-    if config is not None and hasattr(config, "num_hidden_layers"):
-        other_model = type(model)(_deeper(config)).eval()
+    deeper = _deeper(config) if config is not None else None
+    if deeper is not None:
+        other_model = type(model)(deeper).eval()
         if _shapes(other_model) != _shapes(model):  # ALBERT shares layers: same state, no test
             found.append((f"{type(model).__name__} with one more layer", other_model))
     return found
 
 
+#: Config keys holding a depth, in the order they are tried (decoder_layers: BART decoders).
+_DEPTHS = ("num_hidden_layers", "n_layer", "num_layers", "decoder_layers")
+
+
 def _deeper(config: Any) -> Any:
-    """Return a copy of ``config`` with one more layer; per-layer lists grow by their pattern."""
+    """Return a copy of ``config`` with one more layer (None when it names no depth)."""
     settings = config.to_dict()
-    depth = int(config.num_hidden_layers)
-    for key, value in list(settings.items()):
-        if isinstance(value, list) and len(value) == depth and depth > 0:
-            period = _period(value)
-            settings[key] = [*value, value[depth % period]]
-    settings["num_hidden_layers"] = depth + 1
-    return type(config).from_dict(settings)
+    return type(config).from_dict(settings) if _deepen(settings) else None
+
+
+def _deepen(settings: dict[str, Any]) -> bool:
+    """Add a layer to a config dict (its text config's, when nested); per-layer lists grow too."""
+    for key in _DEPTHS:
+        depth = settings.get(key)
+        if isinstance(depth, int) and depth > 0:
+            for name, value in list(settings.items()):
+                if isinstance(value, list) and len(value) == depth:
+                    settings[name] = [*value, value[depth % _period(value)]]
+            settings[key] = depth + 1
+            return True
+    text = settings.get("text_config")
+    return isinstance(text, dict) and _deepen(text)
 
 
 def _period(values: list[Any]) -> int:

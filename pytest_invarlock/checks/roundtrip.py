@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +9,7 @@ import torch
 from torch import nn
 
 from pytest_invarlock import capabilities, state
-from pytest_invarlock.checks import CheckContext, check, summarize
+from pytest_invarlock.checks import CheckContext, check, discard_snapshot, summarize
 from pytest_invarlock.errors import CheckFailed, CheckNotApplicable, ClaimNote
 
 
@@ -115,7 +114,7 @@ def check_snapshot_roundtrip_chunked(adapter: Any, model: nn.Module, ctx: CheckC
                   "snapshot_chunked()/restore_chunked()", capabilities.snapshot_claim(adapter))
     finally:
         for path in paths:
-            shutil.rmtree(path, ignore_errors=True)
+            discard_snapshot(path)
 
 
 CHECKS = (
