@@ -92,11 +92,11 @@ def level_of(func: Check) -> str:
 SHOWN = 8
 
 
-def summarize(problems: Iterable[str], limit: int = SHOWN) -> str:
+def summarize(problems: Iterable[str], limit: int = SHOWN, sep: str = "; ") -> str:
     """Join problems into one readable paragraph: the first ``limit``, then how many more."""
     items = list(problems)
     more = f" (and {len(items) - limit} more)" if len(items) > limit else ""
-    return "; ".join(items[:limit]) + more
+    return sep.join(items[:limit]) + more
 
 
 class Problems:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from pytest_invarlock import capabilities, state
-from pytest_invarlock.checks import CheckContext, Problems, check, discard_snapshot
+from pytest_invarlock.checks import CheckContext, Problems, check, discard_snapshot, summarize
 from pytest_invarlock.checks.values import baseline, cycle, not_judged, refused, snapshot_ways
 from pytest_invarlock.errors import CheckNotApplicable
 
@@ -279,8 +279,8 @@ def look(model: nn.Module, values: state.State | None = None) -> Look:
                 modes(model), _hooks(model), _attributes(model), _config(model))
 
 
-def _few(items: list[str], n: int = 3) -> str:
-    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+def _few(items: list[str]) -> str:
+    return summarize(items, 3, ", ")
 
 
 def compare_look(model: nn.Module, was: Look, call: str) -> list[str]:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pytest_invarlock import capabilities, fresh, state
-from pytest_invarlock.checks import CheckContext, Problems, check, discard_snapshot, fresh_instance
+from pytest_invarlock.checks import CheckContext, Problems, check, discard_snapshot, fresh_instance, summarize
 from pytest_invarlock.checks.roundtrip import _check_bytes_like, _clean_refusal
 from pytest_invarlock.errors import CheckFailed, CheckNotApplicable
 
@@ -245,15 +245,11 @@ def check_snapshot_is_a_value(adapter: Any, model: nn.Module, ctx: CheckContext)
             left = base.keep(changed)
             if left:
                 problems.add(f"after {what}, the model is not its state at snapshot {label} "
-                             f"({_few(left)})")
+                             f"({summarize(left, 3)})")
     problems.raise_if_any("A bytes snapshot must hold everything restore() needs: no references "
                           "to the adapter instance, earlier snapshots or the model's memory; "
                           "snapshot() copies the tensors out and restore() copies them in, never "
                           "keeping views of one in the other" + note)
-
-
-def _few(items: list[str], n: int = 3) -> str:
-    return "; ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
 # --------------------------------------------------------------------------- a fresh process
