@@ -20,7 +20,7 @@ from torch import nn
 from pytest_invarlock import truth as truth_mod
 from pytest_invarlock.checks import MUST, SHOULD, CheckContext, Problems, check, fresh_instance, summarize
 from pytest_invarlock.checks.describe import tied_groups
-from pytest_invarlock.errors import CheckFailed, CheckNotApplicable
+from pytest_invarlock.errors import CheckFailed, CheckNotApplicable, TruthUnavailable
 
 ALLOW_ENV = "INVARLOCK_ALLOW_REMOTE_CODE"
 MARKER_ENV = "INVARLOCK_REMOTE_CODE_MARKER"
@@ -118,7 +118,7 @@ def check_can_handle_rejects_foreign_models(adapter: Any, model: nn.Module,
     """can_handle() is False for modules that are no language model, and True for another role's model only when describe() gets it right."""  # noqa: E501
     from pytest_invarlock.fixtures import build_model
 
-    problems = Problems()
+    problems, gaps = Problems(), []
     for module in (nn.Linear(4, 4), nn.Sequential(nn.Linear(4, 4), nn.ReLU())):
         answer = _handles(adapter, module, "modules without a transformers config", problems)
         if answer is not False and answer is not None:
@@ -135,7 +135,11 @@ def check_can_handle_rejects_foreign_models(adapter: Any, model: nn.Module,
         if answer is not True:
             problems.add(f"can_handle({name}) is {answer!r} for {what}; return True or False")
             continue
-        truth = truth_mod.derive(foreign)  # TruthUnavailable: a gap in the suite, reported as such
+        try:
+            truth = truth_mod.derive(foreign)
+        except TruthUnavailable as exc:  # the suite's gap: judged after the other probes
+            gaps.append(f"{what}: {exc}")
+            continue
         call = f"describe({name})"
         try:
             desc = probe.describe(foreign)
@@ -148,6 +152,8 @@ def check_can_handle_rejects_foreign_models(adapter: Any, model: nn.Module,
     problems.raise_if_any("can_handle() True is a promise that describe() understands the model: "
                           "return False for the model classes and model_types the adapter cannot "
                           "describe, or describe them correctly")
+    if gaps:
+        raise TruthUnavailable(f"no truth for a probe the adapter accepts: {'; '.join(gaps)}")
 
 
 # --------------------------------------------------------------------------- load_model
