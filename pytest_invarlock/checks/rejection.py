@@ -252,11 +252,15 @@ def _escape_variants(root: Path, outside: Path) -> Iterator[str]:
     chunk.write_bytes(saved)
 
 
-@check(mutates=True, why="a chunk cut short or lost (a full disk, an interrupted copy) must "
-       "never be half-restored")
-def check_restore_chunked_rejects_damaged_chunks(adapter: Any, model: nn.Module,
-                                                 ctx: CheckContext) -> None:
-    """restore_chunked() refuses a snapshot whose largest file was cut short or is missing."""
+#: Variants of a chunk file's bytes: (new bytes, or None to remove the file; what was done).
+Variants = Callable[[bytes, str], Iterator[tuple[bytes | None, str]]]
+
+
+def _chunk_refusals(adapter: Any, model: nn.Module, variants: Variants, fix: str) -> None:
+    """Rewrite a chunked snapshot's largest file by each variant; every restore must refuse.
+
+    The file is put back after the last variant (and when a refusal check raises).
+    """
     _need_chunked(adapter)
     with _chunked(adapter, model) as root:
         chunk = _data_files(root)[0]
@@ -266,16 +270,34 @@ def check_restore_chunked_rejects_damaged_chunks(adapter: Any, model: nn.Module,
             adapter.restore_chunked(model, str(root))
 
         def cases() -> Iterator[tuple[str, Callable[[], object]]]:
-            for cut in sorted({len(original) // 2, max(len(original) - 1, 0)}):
-                chunk.write_bytes(original[:cut])
-                yield (f"a chunked snapshot whose {chunk.name} was truncated to {cut} of "
-                       f"{len(original)} bytes", restore)
-            chunk.unlink()
-            yield f"a chunked snapshot missing {chunk.name}", restore
-            chunk.write_bytes(original)
+            try:
+                for data, what in variants(original, chunk.name):
+                    if data is None:
+                        chunk.unlink()
+                    else:
+                        chunk.write_bytes(data)
+                    yield what, restore
+            finally:
+                chunk.write_bytes(original)
 
-        _refusals(model, cases(), "Record each file's size (or a checksum) in the manifest, "
-                  f"check every file before copying any tensor, and raise otherwise. {FIX}")
+        _refusals(model, cases(), fix)
+
+
+@check(mutates=True, why="a chunk cut short or lost (a full disk, an interrupted copy) must "
+       "never be half-restored")
+def check_restore_chunked_rejects_damaged_chunks(adapter: Any, model: nn.Module,
+                                                 ctx: CheckContext) -> None:
+    """restore_chunked() refuses a snapshot whose largest file was cut short or is missing."""
+
+    def damaged(original: bytes, name: str) -> Iterator[tuple[bytes | None, str]]:
+        for cut in sorted({len(original) // 2, max(len(original) - 1, 0)}):
+            yield (original[:cut], f"a chunked snapshot whose {name} was truncated to {cut} of "
+                                   f"{len(original)} bytes")
+        yield None, f"a chunked snapshot missing {name}"
+
+    _chunk_refusals(adapter, model, damaged, "Record each file's size (or a checksum) in the "
+                    "manifest, check every file before copying any tensor, and raise otherwise. "
+                    f"{FIX}")
 
 
 @check(mutates=True, level=SHOULD, why="bit flips on disk are rare; detecting them (a checksum "
@@ -283,20 +305,14 @@ def check_restore_chunked_rejects_damaged_chunks(adapter: Any, model: nn.Module,
 def check_restore_chunked_rejects_flipped_chunk(adapter: Any, model: nn.Module,
                                                 ctx: CheckContext) -> None:
     """restore_chunked() refuses a snapshot with one flipped byte inside a tensor's values."""
-    _need_chunked(adapter)
-    with _chunked(adapter, model) as root:
-        chunk = _data_files(root)[0]
-        original = chunk.read_bytes()
 
-        def cases() -> Iterator[tuple[str, Callable[[], object]]]:
-            for at, where in _flips(original, model):
-                chunk.write_bytes(_flipped(original, at))
-                yield (f"a chunked snapshot whose {chunk.name} has byte {at} changed ({where})",
-                       lambda: adapter.restore_chunked(model, str(root)))
-            chunk.write_bytes(original)
+    def flipped(original: bytes, name: str) -> Iterator[tuple[bytes | None, str]]:
+        for at, where in _flips(original, model):
+            yield (_flipped(original, at),
+                   f"a chunked snapshot whose {name} has byte {at} changed ({where})")
 
-        _refusals(model, cases(), "Record a checksum per file in the manifest and verify every "
-                  "file before copying any tensor")
+    _chunk_refusals(adapter, model, flipped, "Record a checksum per file in the manifest and "
+                    "verify every file before copying any tensor")
 
 
 @check(mutates=True, level=SHOULD, why="reading files outside the snapshot directory is a "
