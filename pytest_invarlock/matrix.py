@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -18,7 +19,10 @@ TIERS = {
 }
 TIER_RULES = [
     "published_basis: no check failed or errored, at least one passed, at least one model is a "
-    "real checkpoint (not a bundled fixture), and the lane results carry provenance",
+    "real checkpoint, and the lane results carry provenance",
+    "a real checkpoint: a model label that is not a bundled fixture, on a record that names the "
+    "model's family; records without a family are kept under family 'unknown' and never make "
+    "a lane's real_checkpoint true",
     "supported_experimental: no check failed or errored and at least one passed, on fixtures",
     "community_experimental: anything else (failures, errors, or nothing run)",
     "only MUST checks decide the tier: a failed SHOULD check is a finding, listed under "
@@ -28,6 +32,10 @@ TIER_RULES = [
     "a lane never gains a tier from adapter availability alone: only from records",
     "the same lane in several result files: every record counts, so a failure anywhere "
     "makes the lane failing",
+    "a result file whose status is not_run (the lane could not run where it was invoked) adds "
+    "no lane: it is listed under runs with its reason",
+    "a model an adapter declined (can_handle() False, or load_model raised) is listed under "
+    "declined, never counted as evidence for or against the adapter",
 ]
 LABELS = {"published_basis": "Published basis", "supported_experimental":
           "Supported (experimental)", "community_experimental": "Community (experimental)"}
@@ -80,27 +88,72 @@ PROVENANCE_PACKAGES = ("pytest-invarlock", "torch", "transformers", "safetensors
 
 
 def build(results: list[tuple[str, dict[str, Any]]], fixtures: set[str]) -> dict[str, Any]:
-    """Merge ``(source, lane results)`` pairs into a support matrix; input order does not matter."""
+    """Merge ``(source, lane results)`` pairs into a support matrix; input order does not matter.
+
+    A result file whose ``status`` is ``not_run`` adds no lane; it is listed under ``runs``.
+    """
     lanes: dict[tuple[str, str, str, str], dict[str, Any]] = {}
-    for source, payload in sorted(results, key=lambda item: item[0]):
+    runs: list[dict[str, Any]] = []
+    declined: dict[tuple[str, ...], dict[str, Any]] = {}
+    for source, payload in sorted(results, key=lambda item: (item[0], render(item[1]))):
+        runs.append(_run(source, payload))
+        for item in _declined(payload):
+            declined[_declined_key(item)] = item
+        if payload.get("status", "ran") == "not_run":
+            continue
         for rec in payload["records"]:
             key = (rec.get("family") or "unknown", rec.get("role") or "unknown", rec["adapter"],
                    payload["lane"])
             lane = lanes.setdefault(key, {"counts": Counter(), "kinds": Counter(), "models": set(),
-                                          "failing": set(), "finding": set(), "unjudged": set(),
-                                          "by_source": {}, "provenance": []})
+                                          "real": set(), "failing": set(), "finding": set(),
+                                          "unjudged": set(), "by_source": {}, "provenance": []})
             lane["counts"][rec["outcome"]] += 1
             lane["kinds"][kind(rec)] += 1
             lane["models"].add(rec["model"])
+            if rec.get("family") and rec["model"] not in fixtures:
+                lane["real"].add(rec["model"])
             lane["by_source"].setdefault(source, Counter())[kind(rec)] += 1
             if payload.get("provenance") not in lane["provenance"]:
                 lane["provenance"].append(payload.get("provenance"))
             if kind(rec) in ("failing", "finding", "unjudged"):
                 lane[kind(rec)].add(rec["check"])
-    entries = [_entry(key, lane, fixtures) for key, lane in sorted(lanes.items())]
+    entries = [_entry(key, lane) for key, lane in sorted(lanes.items())]
     conflicts = [c for key, lane in sorted(lanes.items()) for c in _conflicts(key, lane)]
     return {"format_version": FORMAT, "support_tiers": TIERS, "tier_rules": TIER_RULES,
-            "conflicts": conflicts, "lanes": entries}
+            "conflicts": conflicts, "lanes": entries, "runs": runs,
+            "declined": [declined[k] for k in sorted(declined)]}
+
+
+def _device(prov: dict[str, Any]) -> str:
+    """Return ``cpu`` or ``cuda (NVIDIA H100 ...)``: the device a run used."""
+    device = prov.get("device") or {}
+    name = device.get("name")
+    return str(device.get("type", "unknown")) + (f" ({name})" if name else "")
+
+
+def _run(source: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """Return what one result file says about its run: lane, status, reason, device, versions."""
+    prov = payload.get("provenance") or {}
+    packages = prov.get("packages") or {}
+    status = payload.get("status", "ran")
+    return {"source": source, "lane": payload["lane"], "status": status,
+            "reason": payload.get("reason") if status == "not_run" else None,
+            "device": _device(prov), "python": prov.get("python"),
+            "packages": {name: packages.get(name) for name in PROVENANCE_PACKAGES},
+            "commit": prov.get("commit")}
+
+
+def _declined(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return the models the adapters of one result file declined, with the lane as runtime."""
+    return [{"adapter": adapter.get("label") or adapter["name"], "model": item["model"],
+             "family": item.get("family"), "role": item.get("role"), "runtime": payload["lane"],
+             "reason": item["reason"]}
+            for adapter in payload.get("adapters", []) for item in adapter.get("declined", [])]
+
+
+def _declined_key(item: dict[str, Any]) -> tuple[str, ...]:
+    return (item["runtime"], item["family"] or "", item["adapter"], item["model"],
+            item["role"] or "", item["reason"])
 
 
 def _conflicts(key: tuple[str, str, str, str], lane: dict[str, Any]) -> list[str]:
@@ -111,20 +164,18 @@ def _conflicts(key: tuple[str, str, str, str], lane: dict[str, Any]) -> list[str
     return []
 
 
-def _provenance(runs: list[dict[str, Any] | None]) -> dict[str, Any]:
-    runs = [r for r in runs if r]
+def _provenance(provenances: list[dict[str, Any] | None]) -> dict[str, Any]:
+    runs = [r for r in provenances if r]
     packages = {name: sorted({str(r["packages"].get(name)) for r in runs})
                 for name in PROVENANCE_PACKAGES}
-    devices = sorted({r["device"]["type"] + (f" ({r['device']['name']})" if r["device"]["name"]
-                                             else "") for r in runs})
+    devices = sorted({_device(r) for r in runs})
     return {"python": sorted({r["python"] for r in runs}), "packages": packages,
-            "devices": devices}
+            "devices": devices, "commits": sorted({r["commit"] for r in runs if r.get("commit")})}
 
 
-def _entry(key: tuple[str, str, str, str], lane: dict[str, Any],
-           fixtures: set[str]) -> dict[str, Any]:
+def _entry(key: tuple[str, str, str, str], lane: dict[str, Any]) -> dict[str, Any]:
     family, role, adapter, runtime = key
-    real = any(m not in fixtures for m in lane["models"])
+    real = bool(lane["real"])
     status = _status(lane["kinds"])
     tier = _tier(status, real, all(lane["provenance"]))
     return {
@@ -142,17 +193,66 @@ def _entry(key: tuple[str, str, str, str], lane: dict[str, Any],
 
 
 def changed_lanes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Name every lane whose entry differs between two matrices, and the fields that differ."""
-    before = {lane["lane_id"]: lane for lane in old.get("lanes", [])}
-    after = {lane["lane_id"]: lane for lane in new.get("lanes", [])}
-    lines = [f"lane {lid}: only in the committed file" for lid in sorted(set(before) - set(after))]
-    lines += [f"lane {lid}: missing from the committed file" for lid in sorted(set(after) - set(before))]
-    for lid in sorted(set(before) & set(after)):
-        for field in sorted(set(before[lid]) | set(after[lid])):
-            if before[lid].get(field) != after[lid].get(field):
-                lines.append(f"lane {lid}: {field} is {before[lid].get(field)!r} in the committed "
-                             f"file, {after[lid].get(field)!r} from the evidence")
+    """Name every lane, run and declined model that differs between two matrices, and how."""
+    lines = [f"{field}: differs between the committed file and the evidence"
+             for field in sorted((set(old) | set(new)) - {"lanes", "runs", "declined"})
+             if old.get(field) != new.get(field)]
+    lines += _changed("lane", _by(old, "lanes", _lane_key), _by(new, "lanes", _lane_key))
+    lines += _changed("run", _by(old, "runs", _run_key), _by(new, "runs", _run_key))
+    lines += _changed("declined", _by(old, "declined", _decline_key),
+                      _by(new, "declined", _decline_key))
     return lines
+
+
+def _lane_key(item: dict[str, Any]) -> str:
+    return str(item["lane_id"])
+
+
+def _run_key(item: dict[str, Any]) -> str:
+    return str(item["source"])
+
+
+def _decline_key(item: dict[str, Any]) -> str:
+    return f"{item['adapter']} on {item['model']} ({item['runtime']})"
+
+
+def _by(matrix: dict[str, Any], field: str, key: Any) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {}
+    for item in matrix.get(field, []):
+        found.setdefault(key(item), []).append(item)
+    return found
+
+
+def _changed(what: str, before: dict[str, list[dict[str, Any]]],
+             after: dict[str, list[dict[str, Any]]]) -> list[str]:
+    lines = [f"{what} {k}: only in the committed file" for k in sorted(set(before) - set(after))]
+    lines += [f"{what} {k}: missing from the committed file" for k in sorted(set(after) - set(before))]
+    for k in sorted(set(before) & set(after)):
+        if len(before[k]) != 1 or len(after[k]) != 1:
+            if before[k] != after[k]:
+                lines.append(f"{what} {k}: {before[k]!r} in the committed file, {after[k]!r} "
+                             "from the evidence")
+            continue
+        (old,), (new,) = before[k], after[k]
+        for field in sorted(set(old) | set(new)):
+            if old.get(field) != new.get(field):
+                lines.append(f"{what} {k}: {field} is {old.get(field)!r} in the committed "
+                             f"file, {new.get(field)!r} from the evidence")
+    return lines
+
+
+def source_name(path: Path) -> str:
+    """Return how the matrix names a result file, whatever its spelling on the command line.
+
+    The resolved path relative to the current directory, with ``/`` separators
+    (``results/cpu.json`` for ``$PWD/results/cpu.json``, ``./results/../results/cpu.json``...);
+    the resolved absolute path where there is no relative one (another drive on Windows).
+    """
+    resolved = path.resolve()
+    try:
+        return Path(os.path.relpath(resolved, Path.cwd().resolve())).as_posix()
+    except ValueError:
+        return resolved.as_posix()
 
 
 def render(matrix: dict[str, Any]) -> str:
@@ -174,15 +274,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=Path, default=None, metavar="DIR",
                         help="also write DIR/support-matrix.md and DIR/support-matrix.html")
     args = parser.parse_args(argv)
-    results = []
+    results: dict[str, dict[str, Any]] = {}
     for path in args.results:
         payload = json.loads(path.read_text(encoding="utf-8"))
         errors = validate(payload, "lane_results")
         if errors:
             print(f"{path}: not valid lane results: {'; '.join(errors[:3])}", file=sys.stderr)
             return 2
-        results.append((path.as_posix(), payload))
-    matrix = build(results, set(catalog()))
+        results.setdefault(source_name(path), payload)  # one file named twice counts once
+    matrix = build(sorted(results.items()), set(catalog()))
     for conflict in matrix["conflicts"]:
         print(f"conflict: {conflict}", file=sys.stderr)
     outputs = {args.output: render(matrix)}
