@@ -20,7 +20,11 @@ def run(pytest_args: list[str]) -> int:
 
 
 def listing() -> dict[str, Any]:
-    """Return every discovered adapter with its origin, readiness and capability claims."""
+    """Return every discovered adapter with its origin, readiness and capability claims.
+
+    ``name`` is the selector: the plain name, or ``DIST:NAME`` when several distributions
+    register that name.
+    """
     from pytest_invarlock import capabilities
     from pytest_invarlock.registry import AdapterError, discover
 
@@ -68,9 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     if parsed.json:
         print(json.dumps(data, indent=2, sort_keys=True))
         return 0
+    width = max([16, *(len(item["name"]) + 1 for item in data["adapters"])])
     for item in data["adapters"]:
         claim = (item["capabilities"] or {}).get("snapshot_restore", "-")
-        print(f"{item['name']:16} {item['status']:12} {item['origin']:12} snapshot={claim:12} "
+        print(f"{item['name']:{width}} {item['status']:12} {item['origin']:12} snapshot={claim:12} "
               f"{item['entry_point']}" + (f"\n    {item['problem']}" if item["problem"] else ""))
     return 0
 

@@ -53,6 +53,7 @@ def check_adapter(adapter: Any, model_path: str | os.PathLike[str], *,
 def _subject(adapter: Any, model_path: str | os.PathLike[str], device: str,
              reference: bool, policy: Policy = DEFAULT_POLICY) -> Any:
     from pytest_invarlock import state
+    from pytest_invarlock.registry import instance_label
     from pytest_invarlock.subjects import Case, Subject
     from pytest_invarlock.verdicts import bounded
 
@@ -60,9 +61,10 @@ def _subject(adapter: Any, model_path: str | os.PathLike[str], device: str,
     label = Path(path).name
     model = bounded(policy.load_timeout, lambda: adapter.load_model(path, device=device))
     selector = f"{type(adapter).__module__}:{type(adapter).__qualname__}"
-    ctx = CheckContext(adapter_name=adapter.name, model_label=label, model_path=path,
+    name = instance_label(adapter)
+    ctx = CheckContext(adapter_name=name, model_label=label, model_path=path,
                        device=device, reference=reference, selector=selector)
-    return Subject(Case(adapter.name, selector, label, path), adapter, model, ctx,
+    return Subject(Case(name, selector, label, path), adapter, model, ctx,
                    state.capture(model), policy)
 
 
@@ -91,7 +93,9 @@ def parametrize_with_checks(adapters: Sequence[Any], models: Sequence[str | os.P
 
     chosen = list(all_checks() if checks is None else checks)
     params = [(a, str(m), c) for a in adapters for m in models for c in chosen]
-    ids = [f"{a.name}-{Path(m).name}-{c.__name__}" for a, m, c in params]
+    from pytest_invarlock.registry import instance_label
+
+    ids = [f"{instance_label(a)}-{Path(m).name}-{c.__name__}" for a, m, c in params]
     return pytest.mark.parametrize(("adapter", "model", "check"), params, ids=ids)
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,35 @@ def load(path: str | Path) -> list[Expected]:
         raise ManifestError(f"--invarlock-xfail={path}: {'; '.join(errors[:3])} (see "
                             "contracts/schemas/expected_failures.schema.json)")
     return [Expected(**entry) for entry in payload["expected_failures"]]
+
+
+def canonical(path: str | Path, entries: list[Expected],
+              adapters: dict[str, str]) -> list[Expected]:
+    """Return the entries with adapter names as records spell them; unknown names are errors.
+
+    ``adapters`` maps every name this run knows (plain, ``DIST:NAME``, ``module:Class``) to
+    its label. A misspelt check or adapter would otherwise only show as a stale entry while
+    the failure it meant to excuse fails the run.
+    """
+    from pytest_invarlock.checks import all_checks
+
+    checks = sorted(c.__name__ for c in all_checks())
+    problems = []
+    for i, entry in enumerate(entries):
+        if entry.check not in checks:
+            problems.append(f"entry {i}: unknown check {entry.check!r}{_did_you_mean(entry.check, checks)}")
+        if entry.adapter not in adapters:
+            problems.append(f"entry {i}: unknown adapter {entry.adapter!r}"
+                            f"{_did_you_mean(entry.adapter, sorted(adapters))}")
+    if problems:
+        raise ManifestError(f"--invarlock-xfail={path}: {'; '.join(problems)}")
+    return [replace(e, adapter=adapters[e.adapter]) for e in entries]
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=2, cutoff=0.6)
+    return f" (did you mean {' or '.join(map(repr, close))}?)" if close else (
+        f" (known: {', '.join(known[:12])}{', ...' if len(known) > 12 else ''})")
 
 
 def find(entries: list[Expected], adapter: str, model: str, check: str,

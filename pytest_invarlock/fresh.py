@@ -189,16 +189,10 @@ def helper() -> Helper:
 
 
 def make_adapter(selector: str) -> Any:
-    """Return a new instance of the adapter ``selector`` names (registered name or module:Class)."""
-    if ":" not in selector:
-        from pytest_invarlock.registry import discover, resolve
+    """Return a new instance of the adapter ``selector`` names (name, DIST:NAME or module:Class)."""
+    from pytest_invarlock.registry import discover, resolve
 
-        return resolve(selector, discover()).instantiate()
-    module_name, _, qualname = selector.partition(":")
-    found: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        found = getattr(found, part)
-    return found()
+    return resolve(selector, discover()).instantiate()
 
 
 def serve(request: dict[str, Any]) -> dict[str, Any]:

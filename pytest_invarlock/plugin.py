@@ -1,9 +1,12 @@
-"""The pytest plugin: options, markers, parametrization, records, report and summary hooks."""
+"""The pytest plugin: options, markers, parametrization, records, report and summary hooks.
+
+A good citizen: in a run that collects no conformance test the plugin prints nothing and
+changes nothing (no environment variable, no header line); its state is created lazily.
+"""
 
 from __future__ import annotations
 
 import os
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +17,11 @@ from pytest_invarlock.records import PROPERTY, VERDICT, Collector, Record, write
 from pytest_invarlock.registry import AdapterError, Discovery, discover
 from pytest_invarlock.verdicts import DEFAULT_TIMEOUT
 
-OUTCOMES = ("passed", "failed", "error", "finding", "unjudged", "skipped", "xfailed", "xpassed")
 MARKER = "invarlock"
 LANES_MARKER = "invarlock_lanes"
 NO_CASE = "no adapter of lane {lane} is installed: none of {names} declares quantized = True"
+#: The parametrized (session-scoped) fixture holding each test's case.
+CASE_PARAM = "invarlock_case"
 
 
 class InvarlockRun:
@@ -40,6 +44,12 @@ class InvarlockRun:
         self._discovery: Discovery | None = None
         self._subjects: Any = None
         self._cases: list[Any] | None = None
+        #: under xdist, the adapters and declined models a worker planned (the controller plans nothing)
+        self._worker_rows: list[dict[str, Any]] | None = None
+        #: case id -> nodeid of the test that reported the case's load error
+        self._load_errors: dict[str, str] = {}
+        self._case_by_nodeid: dict[str, Any] = {}
+        self._progress_case: str | None = None
 
     @property
     def discovery(self) -> Discovery:
@@ -66,42 +76,101 @@ class InvarlockRun:
     def _plan(self) -> list[Any]:
         from pytest_invarlock.subjects import Case
 
-        cases = self.subjects.plan(self.selectors, self.models)
-        for model in self.models:
-            if not any(c.model == self.subjects.label_of(model) for c in cases):
-                tried = ", ".join(sorted(self.discovery.adapters))
-                error = (f"--invarlock-model={model}: no adapter loads it and accepts it in "
-                         f"can_handle() (tried {tried}); name the adapter with "
-                         "--invarlock-adapter")
-                cases.append(Case("none", "none", self.subjects.label_of(model), model,
-                                  error=error))
+        cases: list[Any] = self.subjects.plan(self.selectors, self.models)
         if not cases:
             names = ", ".join(sorted(self.discovery.adapters)) or "no adapter"
-            reason = NO_CASE.format(lane=self.lane.id, names=names)
-            cases = [Case("none", "none", "none", None, skip=reason)]
+            cases = [Case("none", "none", "none", None,
+                          skip=NO_CASE.format(lane=self.lane.id, names=names))]
         return cases
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
-        """Reject unknown adapters, missing models and bad manifests before collecting."""
-        if self.xfail:
-            from pytest_invarlock.expectations import ManifestError, load
-
-            try:
-                self.expected = load(self.xfail)
-            except ManifestError as exc:
-                raise pytest.UsageError(str(exc)) from None
+        """Reject unusable selectors, missing models and bad manifests before collecting."""
         try:
             for selector in self.selectors:
-                self.subjects.spec(selector)
+                spec = self.subjects.spec(selector)
+                if spec.origin == "path":  # a registered adapter's problem shows in its tests
+                    spec.check_class()
+                    spec.instantiate()
         except AdapterError as exc:
             raise pytest.UsageError(str(exc)) from None
         for model in self.models:
             if not Path(model).is_dir() and (os.sep in model or model.startswith(".")):
                 raise pytest.UsageError(f"--invarlock-model={model}: no such directory")
+        if self.xfail:
+            from pytest_invarlock.expectations import ManifestError, canonical, load
+
+            try:
+                self.expected = canonical(self.xfail, load(self.xfail), self.known_adapters())
+            except ManifestError as exc:
+                raise pytest.UsageError(str(exc)) from None
+
+    def known_adapters(self) -> dict[str, str]:
+        """Return every adapter name a manifest may use, mapped to the label records carry."""
+        known = {label: label for label in self.discovery.adapters}
+        for specs in self.discovery.claims.values():
+            for spec in specs:
+                known.setdefault(spec.qualified, spec.qualified)
+        for selector in self.selectors:
+            known[selector] = self.subjects.name(selector)
+        return known
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """Name the lane and the adapters once conformance tests are collected (none: silent)."""
+        self._case_by_nodeid = {item.nodeid: case for item in session.items
+                                if (case := _case_of(item)) is not None}
+        tr = session.config.pluginmanager.get_plugin("terminalreporter")
+        if tr is not None and self._case_by_nodeid and not hasattr(self.config, "workerinput"):
+            for line in self.header_lines():
+                tr.write_line(line)
+
+    def header_lines(self) -> list[str]:
+        """Return the lane (and why it cannot run here) and every adapter with its source."""
+        reason = unavailable(self.lane)
+        lines = [f"invarlock: lane {self.lane.id} ({self.lane.description})"
+                 + (f" - cannot run here: {reason}" if reason else "")]
+        lines += [f"invarlock: adapter {label} = {spec.target} ({spec.distribution} "
+                  f"{spec.version})" for label, spec in sorted(self.discovery.adapters.items())]
+        lines += [f"invarlock: problem: {p}" for p in self.discovery.problems.values()]
+        return lines
+
+    def subject(self, case: Any, nodeid: str) -> Any:
+        """Return the loaded subject of ``case``; its load error is reported by one test only."""
+        if case.skip:
+            pytest.skip(case.skip)
+        if case.error:
+            pytest.fail(case.error, pytrace=False)
+        from pytest_invarlock.errors import CallTimeout
+
+        first = self._load_errors.get(case.id)
+        if first is not None and first != nodeid:
+            pytest.skip(f"not run: {case.adapter} on {case.model} did not load (the error is "
+                        f"reported by {first})")
+        try:
+            return self.subjects.load(case)
+        except (Exception, CallTimeout) as exc:
+            self._load_errors[case.id] = nodeid
+            error = self.subjects.load_error(case, exc)
+        pytest.fail(error, pytrace=False)  # outside the handler: no chained traceback
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Fold each report into the records (the controller also sees every worker's reports)."""
         self.collector.add(report)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logstart(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
+        """Start one progress line per (adapter, model) rather than one per test module."""
+        case = self._case_by_nodeid.get(nodeid)
+        tr = self.config.pluginmanager.get_plugin("terminalreporter")
+        if case is None or tr is None or not tr.showfspath or tr.showlongtestinfo:
+            return
+        if case.id != self._progress_case:
+            self._progress_case = case.id
+            if tr.currentfspath is not None and getattr(tr, "_show_progress_info", False):
+                tr._write_progress_information_filling_space()
+            tr.ensure_newline()
+            tr.write(f"{case.adapter} on {case.model} ")
+        # the reporter starts a line with the module's path when it changes: not within a case
+        tr.currentfspath = self.config.rootpath / nodeid.split("::")[0]
 
     def pytest_warning_recorded(self, warning_message: Any, nodeid: str) -> None:
         """Keep the findings of passed checks (under-claims) for their records."""
@@ -110,24 +179,47 @@ class InvarlockRun:
         if issubclass(warning_message.category, InvarlockNote):
             self.collector.note(nodeid, str(warning_message.message))
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """Keep a worker's plan (adapters, declined models): the controller plans nothing."""
+        rows = getattr(node, "workeroutput", {}).get("invarlock_adapters")
+        if rows is not None and self._worker_rows is None:
+            self._worker_rows = rows
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Return the adapters of this run: planned here, or by the workers under xdist."""
+        return self.adapter_rows() if self._cases else (self._worker_rows or [])
+
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        """Write the lane results file, on the controller only."""
-        if self.report and not hasattr(session.config, "workerinput"):
-            rows = self.adapter_rows() if self._cases else []
-            write_report(Path(self.report), self.lane.id, self.lane.device, rows,
-                         self.collector.sorted())
+        """Write the lane results file on the controller; remove the scratch directory."""
+        workeroutput = getattr(session.config, "workeroutput", None)
+        if workeroutput is not None:
+            workeroutput["invarlock_adapters"] = self.rows()
+        elif self.report and (self.collector.records or self._cases):
+            reason = unavailable(self.lane)
+            write_report(Path(self.report), self.lane.id, self.lane.device, self.rows(),
+                         [] if reason else self.collector.sorted(), not_run=reason)
+        if self._subjects is not None:
+            self._subjects.close()
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         """Print the check x adapter outcome matrix, expected failures and how to reproduce."""
         records = self.collector.sorted()
         if not records:
             return
+        from pytest_invarlock.summary import legend_line, matrix_lines
+
         tr = terminalreporter
         tr.section(f"invarlock lane {self.lane.id}")
-        for line in matrix_lines(records):
+        if self._cases is None:  # under xdist the controller collected nothing: say it here
+            for line in self.header_lines():
+                tr.write_line(line)
+        width = min(max(int(getattr(getattr(tr, "_tw", None), "fullwidth", 100)), 50), 100)
+        for line in [*matrix_lines(records, width), legend_line(),
+                     *verdict_lines(records, self.policy.strict)]:
             tr.write_line(line)
-        for line in verdict_lines(records, self.policy.strict):
-            tr.write_line(line)
+        for line in declined_lines(self.rows()):
+            tr.write_line(line, yellow=True)
         for r in records:
             if r.outcome == "finding":
                 tr.write_line(f"SHOULD {r.adapter} on {r.model}: {r.check}: "
@@ -150,7 +242,8 @@ class InvarlockRun:
         for r in records:
             if r.outcome in ("failed", "error"):
                 where = f"{r.adapter} on {r.model}"
-                text = r.message if r.message.startswith(where) else f"{where}: {r.check}: {r.message}"
+                text = r.message if r.message.startswith(where) or r.adapter == "none" else (
+                    f"{where}: {r.check}: {r.message}")
                 tr.write_line(f"{r.outcome.upper()} {text}")
                 tr.write_line(f"  Reproduce: {self.reproduce(r)}")
         if self.report:
@@ -163,17 +256,39 @@ class InvarlockRun:
                 + "".join(f" --invarlock-model={m}" for m in self.models))
 
     def adapter_rows(self) -> list[dict[str, Any]]:
-        """Return the adapters of this run with their origin, for headers and reports."""
+        """Return the adapters of this run with their origin and the models they declined."""
         first: dict[str, Any] = {}
         for case in self.cases():
             first.setdefault(case.adapter, case)
         first.pop("none", None)
         rows = []
-        for name, case in sorted(first.items()):
+        for label, case in sorted(first.items()):
             spec = self.subjects.spec(case.selector)
-            rows.append({"name": name, "target": spec.target, "origin": spec.origin,
-                         "distribution": spec.distribution, "version": spec.version})
+            declined = [d.as_dict() for d in self.subjects.declined.get(label, [])]
+            rows.append({"name": label, "label": label, "target": spec.target,
+                         "origin": spec.origin, "distribution": spec.distribution,
+                         "version": spec.version, "declined": declined})
         return rows
+
+
+def declined_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Return, per adapter, the models it did not take, grouped by reason (coverage made visible)."""
+    lines = []
+    for row in rows:
+        by_reason: dict[str, list[str]] = {}
+        for d in row.get("declined", []):
+            by_reason.setdefault(d["reason"], []).append(d["model"])
+        if not by_reason:
+            continue
+        total = sum(map(len, by_reason.values()))
+        lines.append(f"invarlock: {row['label']} declined {total} model{'s' * (total != 1)}:")
+        lines += [f"  {', '.join(models)}: {reason}" for reason, models in sorted(by_reason.items())]
+    return lines
+
+
+def _case_of(item: pytest.Item) -> Any:
+    """Return the case a conformance test runs on (None for any other test)."""
+    return getattr(getattr(item, "callspec", None), "params", {}).get(CASE_PARAM)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -182,8 +297,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--invarlock-lane", choices=[*sorted(LANES), AUTO], default="cpu",
                     help="lane to run: cpu (default), cuda, cpu-quant, cuda-quant, or auto "
                          "(cuda when a CUDA device is usable, else cpu)")
-    group.addoption("--invarlock-adapter", action="append", metavar="NAME|module:Class",
-                    help="adapter to verify (repeatable); default: every discovered adapter")
+    group.addoption("--invarlock-adapter", action="append", metavar="NAME|DIST:NAME|module:Class",
+                    help="adapter to verify (repeatable); a name several distributions register "
+                         "needs its distribution, e.g. invarlock:hf_causal; default: every "
+                         "discovered adapter")
     group.addoption("--invarlock-model", action="append", metavar="PATH",
                     help="checkpoint to verify on (repeatable); default: the bundled fixtures")
     group.addoption("--invarlock-report", metavar="PATH",
@@ -201,12 +318,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Register the marker and start the run's state."""
+    """Register the markers and the run's state (nothing is looked up or loaded yet)."""
     config.addinivalue_line(
         "markers", f"{MARKER}(checks): run the given checks on every (adapter, model) case")
     config.addinivalue_line(
         "markers", f"{LANES_MARKER}(*lanes): run this test only in these lanes (else deselected)")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     run = InvarlockRun(config)
     config.stash[RUN] = run
     config.pluginmanager.register(run, "invarlock-run")
@@ -215,55 +331,42 @@ def pytest_configure(config: pytest.Config) -> None:
 RUN = pytest.StashKey[InvarlockRun]()
 
 
-def pytest_report_header(config: pytest.Config) -> list[str]:
-    """Say which lane runs and which adapters exist, before any result."""
-    run = config.stash[RUN]
-    reason = unavailable(run.lane)
-    lines = [f"invarlock: lane {run.lane.id} ({run.lane.description})"
-             + (f" - cannot run here: {reason}" if reason else "")]
-    for name, spec in sorted(run.discovery.adapters.items()):
-        lines.append(f"invarlock: adapter {name} = {spec.target} ({spec.distribution} "
-                     f"{spec.version})")
-    lines += [f"invarlock: problem: {p}" for p in run.discovery.problems.values()]
-    return lines
-
-
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize tests marked ``invarlock(checks)`` over cases, then checks."""
     marker = metafunc.definition.get_closest_marker(MARKER)
     if marker is None:
         return
     cases = metafunc.config.stash[RUN].cases()
-    metafunc.parametrize("invarlock_subject", cases, ids=[c.id for c in cases], indirect=True,
+    metafunc.parametrize(CASE_PARAM, cases, ids=[c.id for c in cases], indirect=True,
                          scope="session")
     checks = list(marker.args[0])
     metafunc.parametrize("invarlock_check", checks, ids=[c.__name__ for c in checks])
 
 
 @pytest.fixture(scope="session")
-def invarlock_subject(request: pytest.FixtureRequest) -> Any:
-    """Return the loaded (adapter, model) of this case; loaded once per process."""
-    case = request.param
-    if case.skip:
-        pytest.skip(case.skip)
-    if case.error:
-        pytest.fail(case.error, pytrace=False)
-    from pytest_invarlock.errors import CallTimeout
+def invarlock_case(request: pytest.FixtureRequest) -> Any:
+    """Return this test's (adapter, model) case; session-scoped, so tests group by case."""
+    return request.param
 
-    try:
-        return request.config.stash[RUN].subjects.load(case)
-    except (Exception, CallTimeout) as exc:
-        pytest.fail(f"{case.adapter} on {case.model}: cannot load the model: {exc!r}",
-                    pytrace=False)
+
+@pytest.fixture
+def invarlock_subject(invarlock_case: Any, request: pytest.FixtureRequest) -> Any:
+    """Return the loaded (adapter, model) of this case; loaded once per process."""
+    return request.config.stash[RUN].subject(invarlock_case, request.node.nodeid)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tag every conformance test with its (adapter, model, check); apply expected failures."""
+    """Tag every conformance test with its (adapter, model, check); apply expected failures.
+
+    A case that cannot run at all (a plan-time error or skip) keeps one test: its message is
+    said once, not once per check.
+    """
     run = config.stash[RUN]
     _deselect_other_lanes(config, items, run.lane.id)
+    _deselect_repeats(config, items)
     for item in items:
-        params = getattr(getattr(item, "callspec", None), "params", {})
-        case, check = params.get("invarlock_subject"), params.get("invarlock_check")
+        case, check = _case_of(item), getattr(getattr(item, "callspec", None), "params", {}).get(
+            "invarlock_check")
         if case is not None and check is not None:
             from pytest_invarlock.checks import level_of
 
@@ -273,6 +376,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             # with `-n N --dist loadgroup`, each (adapter, model) loads on one worker only
             item.add_marker(pytest.mark.xdist_group(case.id))
             _expect(run, item, case, check.__name__)
+
+
+def _deselect_repeats(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep one test of each case that errors or skips before loading anything."""
+    seen: set[str] = set()
+    repeats = []
+    for item in items:
+        case = _case_of(item)
+        if case is None or not (case.error or case.skip):
+            continue
+        if case.id in seen:
+            repeats.append(item)
+        seen.add(case.id)
+    if repeats:
+        config.hook.pytest_deselected(items=repeats)
+        items[:] = [i for i in items if i not in set(repeats)]
 
 
 @pytest.hookimpl(wrapper=True)
@@ -328,10 +447,6 @@ def _expect(run: InvarlockRun, item: pytest.Item, case: Any, check: str) -> None
         item.add_marker(pytest.mark.xfail(reason=entry.reason, strict=entry.strict))
 
 
-_MARKS = (("failed", "F"), ("error", "E"), ("finding", "S"), ("unjudged", "U"), ("xpassed", "XP"),
-          ("xfailed", "x"), ("skipped", "s"))
-
-
 def _strip(message: str, record: Record) -> str:
     """Drop the ``adapter on model: check:`` prefix the message may already carry."""
     prefix = f"{record.adapter} on {record.model}: {record.check}"
@@ -341,46 +456,26 @@ def _strip(message: str, record: Record) -> str:
 def verdict_lines(records: list[Record], strict: bool) -> list[str]:
     """Return one line per adapter: conformant (every MUST passed) and hardened (every SHOULD)."""
     lines = []
-    for adapter in sorted({r.adapter for r in records}):
+    for adapter in sorted({r.adapter for r in records} - {"none"}):
         mine = [r for r in records if r.adapter == adapter]
         must = sum(r.outcome == "error" or (r.outcome == "failed" and r.level != "SHOULD")
                    for r in mine)
         should = sum(r.outcome == "finding" or (r.outcome == "failed" and r.level == "SHOULD")
                      for r in mine)
         unjudged = sum(r.outcome == "unjudged" for r in mine)
-        verdict = ("not conformant" if must else "conformant") + (
-            f", not hardened ({should} SHOULD finding{'s' * (should != 1)}"
-            f"{'; failing under --invarlock-strict' if strict else ''})" if should
-            else ", hardened")
+        if not any(r.outcome not in ("skipped", "unjudged") for r in mine):
+            lines.append(f"invarlock: {adapter}: not judged: no check ran ({len(mine)} "
+                         f"skipped{f', {unjudged} unjudged' if unjudged else ''})")
+            continue
+        verdict = "not conformant" if must else "conformant"
+        if should:
+            verdict += (f", not hardened ({should} SHOULD finding{'s' * (should != 1)}"
+                        f"{'; failing under --invarlock-strict' if strict else ''})")
+        elif not must:
+            verdict += ", hardened"
         if unjudged:
             verdict += f"; the suite could not judge {unjudged} record{'s' * (unjudged != 1)}"
         lines.append(f"invarlock: {adapter}: {verdict}")
     return lines
 
 
-def _cell(counts: Counter[str]) -> str:
-    """Return ``passed`` followed by the other outcomes that occurred, e.g. ``22 F1 s2``."""
-    return " ".join([str(counts["passed"])] + [f"{m}{counts[o]}" for o, m in _MARKS if counts[o]])
-
-
-def matrix_lines(records: list[Record]) -> list[str]:
-    """Return an aligned check x adapter table: models passed, then F/E/XP/x/s counts."""
-    counts: dict[tuple[str, str], Counter[str]] = {}
-    for r in records:
-        counts.setdefault((r.check, r.adapter), Counter())[r.outcome] += 1
-    from pytest_invarlock.checks import all_checks
-
-    order = {c.__name__: i for i, c in enumerate(all_checks())}
-    checks = sorted({c for c, _ in counts}, key=lambda c: (order.get(c, len(order)), c))
-    adapters = sorted({a for _, a in counts})
-    cells = {key: _cell(c) for key, c in counts.items()}
-    widths = [max([len(a)] + [len(cells.get((c, a), "")) for c in checks]) + 2 for a in adapters]
-    first = max(len(c) for c in checks) + 2
-    lines = ["check".ljust(first) + "".join(a.rjust(w) for a, w in zip(adapters, widths,
-                                                                          strict=True))]
-    for check in checks:
-        lines.append(check.ljust(first) + "".join(
-            cells.get((check, a), "-").rjust(w) for a, w in zip(adapters, widths, strict=True)))
-    totals = Counter(r.outcome for r in records)
-    lines.append("total: " + ", ".join(f"{totals[o]} {o}" for o in OUTCOMES if totals[o]))
-    return lines

@@ -53,13 +53,18 @@ def identity(report: pytest.TestReport) -> dict[str, Any] | None:
 def _from_nodeid(nodeid: str) -> dict[str, Any] | None:
     """Recover the identity from a test id ``...[adapter-model-check_x]``.
 
-    Only reports xdist makes up for a crashed worker lack the tagged properties; adapter names
-    are taken to have no hyphen there (the model label may have some).
+    Only reports xdist makes up for a crashed worker lack the tagged properties; an adapter
+    label has no hyphen after its last colon (the model label may have some), and the check
+    must be one of the suite's, so an unrelated test's id is never taken for a record.
     """
     params = nodeid.rpartition("[")[2].removesuffix("]") if nodeid.endswith("]") else ""
     case, _, check = params.rpartition("-")
     adapter, _, model = case.partition("-")
-    if not (check.startswith("check_") and adapter and model):
+    if ":" in case:  # DIST:NAME or module:Class labels may hold hyphens before the colon
+        head, _, rest = case.rpartition(":")
+        name, _, model = rest.partition("-")
+        adapter = f"{head}:{name}"
+    if not (adapter and model and _level(check)):
         return None
     return {"adapter": adapter, "model": model, "check": check, "family": None, "role": None,
             "level": _level(check)}
@@ -168,21 +173,27 @@ def _commit() -> str | None:
     return done.stdout.strip() or None if done.returncode == 0 else None
 
 
-def _device(device: str) -> dict[str, Any]:
-    info: dict[str, Any] = {"type": device, "name": None}
-    if device == "cuda":
+def _device(lane_device: str) -> dict[str, Any]:
+    """Return the device the lane's checks actually ran on (CPU when no CUDA device is usable)."""
+    info: dict[str, Any] = {"type": "cpu", "name": None}
+    if lane_device == "cuda":
         import torch
 
         if torch.cuda.is_available():
-            info["name"] = torch.cuda.get_device_name()
+            info = {"type": "cuda", "name": torch.cuda.get_device_name()}
     return info
 
 
 def write_report(path: Path, lane: str, device: str, adapters: list[dict[str, Any]],
-                 records: list[Record]) -> dict[str, Any]:
-    """Write the lane results file (sorted keys, no timestamps) and return its content."""
-    payload = {"format_version": FORMAT, "lane": lane, "provenance": provenance(device),
-               "adapters": adapters, "records": [asdict(r) for r in records]}
+                 records: list[Record], *, not_run: str | None = None) -> dict[str, Any]:
+    """Write the lane results file (sorted keys, no timestamps) and return its content.
+
+    A lane that could not run here (``not_run``: why) is written with status ``not_run`` and
+    no records, so it can never be read as evidence.
+    """
+    payload = {"format_version": FORMAT, "lane": lane, "status": "not_run" if not_run else "ran",
+               "reason": not_run, "provenance": provenance(device), "adapters": adapters,
+               "records": [] if not_run else [asdict(r) for r in records]}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return payload

@@ -1,96 +1,206 @@
-"""Discover adapters: the ``invarlock.adapters`` entry points and ``module:Class`` selectors."""
+"""Discover adapters: entry points, qualified ``DIST:NAME`` selectors and ``module:Class`` paths.
+
+The reference adapters register under this package's own entry-point group
+(:data:`OWN_GROUP`), never under InvarLock's ``invarlock.adapters``: a name registered there is
+what ``invarlock run`` loads, so claiming one would hijack InvarLock's registry. Both groups are
+read. A name claimed by one distribution keeps its plain name (``hf_causal``); a name claimed by
+several is only selectable qualified by its distribution (``invarlock:hf_causal``,
+``pytest-invarlock:hf_causal``), and the plain name is a usage error naming every choice.
+"""
 
 from __future__ import annotations
 
+import difflib
 import importlib
-from dataclasses import dataclass
+import inspect
+import re
+from dataclasses import dataclass, replace
 from importlib.metadata import entry_points
 from typing import Any
 
 from pytest_invarlock.protocol import CORE_MEMBERS, missing_members
 
+#: InvarLock's group: adapters written for InvarLock (its own, and its plugins).
 GROUP = "invarlock.adapters"
+#: This package's group: the reference adapters, and any adapter not meant for InvarLock's registry.
+OWN_GROUP = "pytest_invarlock.adapters"
+GROUPS = (OWN_GROUP, GROUP)
 BUILTIN_DIST = "pytest-invarlock"
+#: Protocol members that must be methods of the class (``name`` may be set by ``__init__``).
+METHODS = tuple(m for m in CORE_MEMBERS if m != "name")
 
 
 class AdapterError(Exception):
     """An adapter cannot be used; the message names the adapter, its source and the fix."""
 
 
+def normalize(distribution: str) -> str:
+    """Return a distribution name as PEP 503 compares them (``pytest_invarlock`` -> ``pytest-invarlock``)."""
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
 @dataclass(frozen=True)
 class AdapterSpec:
-    """Where an adapter comes from: a registered name or a ``module:Class`` path."""
+    """Where an adapter comes from: a registered entry point or a ``module:Class`` path.
+
+    ``label`` is what records, reports and the matrix call it: the selector as the user wrote
+    it, canonicalised (a plain registered name, ``DIST:NAME``, or ``module:Class``).
+    """
 
     name: str
     target: str
     distribution: str | None = None
     version: str | None = None
+    group: str | None = None
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", self.name if self.distribution else self.target)
 
     @property
     def origin(self) -> str:
         """Return ``builtin``, ``third_party`` (another distribution) or ``path`` (module:Class)."""
         if self.distribution is None:
             return "path"
-        return "builtin" if self.distribution == BUILTIN_DIST else "third_party"
+        return "builtin" if normalize(self.distribution) == BUILTIN_DIST else "third_party"
+
+    @property
+    def qualified(self) -> str:
+        """Return ``DIST:NAME`` for a registered adapter, the ``module:Class`` path otherwise."""
+        return f"{normalize(self.distribution)}:{self.name}" if self.distribution else self.target
+
+    def _where(self) -> str:
+        source = f", from {self.distribution} {self.version}" if self.distribution else ""
+        return f"adapter {self.label!r} ({self.target}{source})"
+
+    def load_class(self) -> Any:
+        """Import the object the target names (``module:Class`` or ``module:Outer.Inner``)."""
+        module_name, _, qualname = self.target.partition(":")
+        try:
+            found: Any = importlib.import_module(module_name)
+            for part in qualname.split("."):
+                found = getattr(found, part)
+        except (ImportError, AttributeError) as exc:
+            raise AdapterError(f"{self._where()} cannot be imported: {exc!r}; check that the "
+                               "module is installed or on PYTHONPATH and the class name is "
+                               "right") from exc
+        return found
+
+    def check_class(self) -> Any:
+        """Return the class if it can be an adapter; else raise naming what is missing."""
+        cls = self.load_class()
+        if not inspect.isclass(cls):
+            kind = "a module" if inspect.ismodule(cls) else f"a {type(cls).__name__}"
+            raise AdapterError(f"{self._where()} is {kind}, not a class: name a class that "
+                               f"implements the ModelAdapter protocol ({', '.join(CORE_MEMBERS)})")
+        missing = [m for m in METHODS if not callable(getattr(cls, m, None))]
+        if missing:
+            raise AdapterError(f"{self._where()} is not a ModelAdapter: the class lacks the "
+                               f"method{'s' * (len(missing) > 1)} {', '.join(missing)} of the "
+                               f"protocol ({', '.join(CORE_MEMBERS)}); implement them")
+        return cls
 
     def instantiate(self) -> Any:
         """Import the class, instantiate it with no arguments and check the protocol."""
-        where = f"adapter {self.name!r} ({self.target}" + (
-            f", from {self.distribution} {self.version})" if self.distribution else ")")
-        module_name, _, attr = self.target.partition(":")
-        try:
-            cls = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise AdapterError(f"{where} cannot be imported: {exc!r}; check that the module is "
-                               "installed or on PYTHONPATH and the class name is right") from exc
+        cls = self.load_class()
         try:
             adapter = cls()
         except Exception as exc:
-            raise AdapterError(f"{where} cannot be instantiated with no arguments: {exc!r}; "
-                               "give every constructor argument a default") from exc
+            raise AdapterError(f"{self._where()} cannot be instantiated with no arguments: "
+                               f"{exc!r}; give every constructor argument a default") from exc
         missing = missing_members(adapter, CORE_MEMBERS)
         if missing:
-            raise AdapterError(f"{where} lacks {', '.join(missing)} of the ModelAdapter protocol "
-                               f"({', '.join(CORE_MEMBERS)}); implement them")
+            raise AdapterError(f"{self._where()} lacks {', '.join(missing)} of the ModelAdapter "
+                               f"protocol ({', '.join(CORE_MEMBERS)}); implement them")
         return adapter
+
+
+def instance_label(adapter: Any) -> str:
+    """Return what records call an adapter instance passed from Python.
+
+    Its ``name`` when its own class (or the instance) sets one; ``module:Class`` when the name
+    is inherited, so a subclass of a reference adapter is never reported under its parent's
+    name.
+    """
+    cls = type(adapter)
+    own = "name" in vars(adapter) if hasattr(adapter, "__dict__") else False
+    if own or "name" in vars(cls):
+        return str(adapter.name)
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 @dataclass(frozen=True)
 class Discovery:
-    """Every registered adapter by name, and the registration problems found on the way."""
+    """Every registered adapter by label, each name's claimants, and registration problems."""
 
     adapters: dict[str, AdapterSpec]
     problems: dict[str, str]
+    #: plain name -> every registration of it (several when distributions collide)
+    claims: dict[str, tuple[AdapterSpec, ...]]
+
+
+def _registrations() -> list[AdapterSpec]:
+    """Return every entry point of both groups, once per (distribution, name, target)."""
+    found: list[AdapterSpec] = []
+    for group in GROUPS:
+        for ep in entry_points(group=group):
+            dist = ep.dist
+            spec = AdapterSpec(ep.name, ep.value, dist.name if dist else "unknown",
+                               dist.version if dist else None, group)
+            if not any((s.qualified, s.target) == (spec.qualified, spec.target) for s in found):
+                found.append(spec)
+    return found
 
 
 def discover() -> Discovery:
-    """Return the adapters registered under ``invarlock.adapters``, reporting name collisions."""
-    found: dict[str, list[AdapterSpec]] = {}
-    for ep in entry_points(group=GROUP):
-        dist = ep.dist
-        spec = AdapterSpec(ep.name, ep.value, dist.name if dist else "unknown",
-                           dist.version if dist else None)
-        if spec not in found.setdefault(ep.name, []):
-            found[ep.name].append(spec)
-    adapters, problems = {}, {}
-    for name, specs in sorted(found.items()):
-        specs.sort(key=lambda s: (s.distribution or "", s.target))
-        if len({s.target for s in specs}) > 1:
-            sources = ", ".join(f"{s.distribution} ({s.target})" for s in specs)
-            problems[name] = (f"adapter name {name!r} is registered by several distributions: "
-                              f"{sources}; uninstall one, or select the class with "
-                              "--invarlock-adapter=module:Class")
-        adapters[name] = specs[0]
-    return Discovery(adapters, problems)
+    """Return the registered adapters; a name claimed by several distributions is qualified."""
+    by_name: dict[str, list[AdapterSpec]] = {}
+    for spec in _registrations():
+        by_name.setdefault(spec.name, []).append(spec)
+    adapters: dict[str, AdapterSpec] = {}
+    problems: dict[str, str] = {}
+    claims: dict[str, tuple[AdapterSpec, ...]] = {}
+    for name, specs in sorted(by_name.items()):
+        specs.sort(key=lambda s: (s.qualified, s.group or "", s.target))
+        claims[name] = tuple(specs)
+        shared = len({s.qualified for s in specs}) > 1
+        for spec in specs:
+            label = spec.qualified if shared else name
+            if label in adapters:  # one distribution, one name, two targets
+                targets = ", ".join(s.target for s in specs if s.qualified == spec.qualified)
+                problems[label] = (f"adapter name {name!r} is registered twice by "
+                                   f"{spec.distribution} ({targets}); the distribution must "
+                                   "register each name once")
+                continue
+            adapters[label] = replace(spec, label=label)
+    return Discovery(adapters, problems, claims)
+
+
+def choices(specs: tuple[AdapterSpec, ...]) -> str:
+    """Return the qualified selectors of several registrations, with where each comes from."""
+    return " or ".join(f"--invarlock-adapter={s.qualified} ({s.distribution} {s.version}, "
+                       f"{s.target})" for s in specs)
 
 
 def resolve(selector: str, discovery: Discovery) -> AdapterSpec:
-    """Return the adapter for ``selector``: a registered name or ``module:Class``."""
+    """Return the adapter for ``selector``: a plain name, ``DIST:NAME`` or ``module:Class``."""
     if ":" in selector:
-        return AdapterSpec(selector.rpartition(":")[2], selector)
+        dist, _, name = selector.partition(":")
+        for spec in discovery.claims.get(name, ()):
+            if spec.distribution and normalize(spec.distribution) == normalize(dist):
+                return replace(spec, label=spec.qualified)
+        return AdapterSpec(selector.rpartition(":")[2].rpartition(".")[2], selector)
     if selector in discovery.adapters:
         return discovery.adapters[selector]
-    known = ", ".join(sorted(discovery.adapters)) or "none"
+    claimed = discovery.claims.get(selector, ())
+    if len(claimed) > 1:
+        raise AdapterError(f"--invarlock-adapter={selector} is ambiguous: several distributions "
+                           f"register {selector!r}; select one with {choices(claimed)}")
+    known = sorted(discovery.adapters)
+    close = difflib.get_close_matches(selector, known, n=3)
+    hint = f" Did you mean {' or '.join(close)}?" if close else ""
     raise AdapterError(f"--invarlock-adapter={selector}: no adapter of that name is registered "
-                       f"under the {GROUP!r} entry-point group (registered: {known}); install "
-                       "its package or pass module:Class")
+                       f"under the {OWN_GROUP!r} or {GROUP!r} entry-point groups (registered: "
+                       f"{', '.join(known) or 'none'}).{hint} Install its package or pass "
+                       "module:Class.")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +18,22 @@ from pytest_invarlock.verdicts import DEFAULT_POLICY, Policy, bounded, deadline
 
 #: (label, checkpoint path or None when unavailable, family, role)
 Source = tuple[str, str | None, str | None, str | None]
+ALL_MODELS = "all-models"
+
+
+@dataclass(frozen=True)
+class Declined:
+    """A model an adapter did not take in the default plan, and why (one line)."""
+
+    model: str
+    family: str | None
+    role: str | None
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the entry as the results file spells it."""
+        return {"model": self.model, "family": self.family, "role": self.role,
+                "reason": self.reason}
 
 
 @dataclass(frozen=True)
@@ -97,20 +114,32 @@ class Subjects:
         self.lane = lane
         self.discovery = discovery
         self.policy = policy
-        self.workdir = Path(tempfile.mkdtemp(prefix="invarlock-work-"))
+        self._workdir: Path | None = None
         self._adapters: dict[str, Any] = {}
         self._loaded: dict[tuple[str, str], Subject | Exception] = {}
+        #: adapter label -> the models it did not take in the plan, with the reason
+        self.declined: dict[str, list[Declined]] = {}
+
+    @property
+    def workdir(self) -> Path:
+        """Return the run's scratch directory (made on first use, removed by :meth:`close`)."""
+        if self._workdir is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix="invarlock-work-"))
+        return self._workdir
+
+    def close(self) -> None:
+        """Remove the scratch directory: a run leaves nothing behind in the temp dir."""
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
 
     def spec(self, selector: str) -> AdapterSpec:
-        """Return the adapter spec for a name or ``module:Class``."""
+        """Return the adapter spec for a name, ``DIST:NAME`` or ``module:Class``."""
         return resolve(selector, self.discovery)
 
     def name(self, selector: str) -> str:
-        """Return the adapter's own ``name`` (its registered or class name if it has none)."""
-        try:
-            return str(getattr(self.adapter(selector), "name", self.spec(selector).name))
-        except AdapterError:
-            return self.spec(selector).name
+        """Return what records call the adapter: the selector, never an inherited ``name``."""
+        return self.spec(selector).label
 
     def adapter(self, selector: str) -> Any:
         """Return the adapter instance for ``selector`` (raises :class:`AdapterError`)."""
@@ -125,6 +154,15 @@ class Subjects:
         """Return the subject of ``case``, loading the model on first use only."""
         return _memo(self._loaded, (case.selector, case.path or case.model),
                      lambda: self._load(case), (Exception, CallTimeout))
+
+    def load_error(self, case: Case, exc: BaseException) -> str:
+        """Return one line saying why ``case`` did not load: the file at fault when one is."""
+        from pytest_invarlock.checkpoint import one_line
+
+        cause = (_broken(case.path) if case.path else None) or (
+            str(exc) if isinstance(exc, (AdapterError, CallTimeout)) else
+            f"load_model raised {one_line(exc)}")
+        return f"{case.adapter} on {case.model}: cannot load the model: {cause}"
 
     def _load(self, case: Case) -> Subject:
         from pytest_invarlock import state
@@ -145,20 +183,71 @@ class Subjects:
         return Subject(case, adapter, model, ctx, state.capture(model), self.policy)
 
     def plan(self, selectors: list[str], models: list[str]) -> list[Case]:
-        """Return the cases of a run: every adapter on every model it loads and handles."""
+        """Return the cases of a run: every adapter on every model it loads and handles.
+
+        Models an adapter does not take are kept in :attr:`declined`; an adapter named with
+        ``--invarlock-adapter`` that takes none gets one error case naming every model it
+        declined, and an explicit checkpoint that cannot be read gets one error case per
+        adapter naming the file at fault.
+        """
         reason = unavailable(self.lane)
         chosen = selectors or [n for n in sorted(self.discovery.adapters) if self._admits(n)]
         if reason:  # nothing can be loaded here: one skipped case per adapter says why
-            return [Case(self.name(sel), sel, "all-models", None, skip=reason) for sel in chosen]
+            return [Case(self.name(sel), sel, ALL_MODELS, None, skip=reason) for sel in chosen]
         sources = self._models(models)
-        cases = []
+        broken = {label: why for label, path, *_ in sources if path and models
+                  and (why := _broken(path))}
+        cases: list[Case] = []
         for selector in chosen:
             name = self.name(selector)
+            mine = []
             for label, path, family, role in sources:
                 case = Case(name, selector, label, path, family, role)
-                if path and self._fits(case, explicit=bool(selectors and models)):
-                    cases.append(case)
+                if not path:
+                    continue
+                if label in broken:
+                    if selectors:
+                        mine.append(replace(case, error=f"{name} on {label}: cannot load "
+                                                        f"{path}: {broken[label]}"))
+                    continue
+                why = None if selectors and models else self._declines(case)
+                if why is None:
+                    mine.append(case)
+                else:
+                    self.declined.setdefault(name, []).append(Declined(label, family, role, why))
+            if selectors and not mine and self.declined.get(name):
+                mine.append(Case(name, selector, ALL_MODELS, None, error=self._took_none(name)))
+            cases += mine
+        cases += self._unclaimed(models, sources, cases, broken)
         return cases + self._missing_packages(cases, sources)
+
+    def _took_none(self, name: str) -> str:
+        """Return the error of an adapter named explicitly that took none of the models."""
+        declined = self.declined[name]
+        listed = "; ".join(f"{d.model}: {d.reason}" for d in declined)
+        return (f"{name} on {ALL_MODELS}: took none of the {len(declined)} models it was "
+                f"given: {listed}. "
+                "Pass the models it is for with --invarlock-model, or make can_handle() and "
+                "load_model() accept them")
+
+    def _unclaimed(self, models: list[str], sources: list[Source], cases: list[Case],
+                   broken: dict[str, str]) -> list[Case]:
+        """Return one error case per explicit model no adapter took, naming why for each."""
+        extra: list[Case] = []
+        if not models:
+            return extra
+        for model, (label, path, family, role) in zip(models, sources, strict=True):
+            if any(c.model == label for c in cases):
+                continue
+            if label in broken:
+                error = f"--invarlock-model={model}: cannot load {path}: {broken[label]}"
+            else:
+                why = "; ".join(f"{a}: {d.reason}" for a, ds in sorted(self.declined.items())
+                                for d in ds if d.model == label) or "no adapter is installed"
+                error = (f"--invarlock-model={model}: no adapter took it ({why}); name the "
+                         "adapter with --invarlock-adapter")
+            extra.append(Case("none", "none", label, path, family, role, error=error))
+        return extra
 
     def _missing_packages(self, cases: list[Case], sources: list[Source]) -> list[Case]:
         """Return skip cases for real checkpoints whose package is not installed.
@@ -221,13 +310,25 @@ class Subjects:
         path = str(Path(model).resolve()) if Path(model).exists() else model
         return (Path(path).name, path, _family(path), None)
 
-    def _fits(self, case: Case, *, explicit: bool) -> bool:
-        if explicit:
-            return True
+    def _declines(self, case: Case) -> str | None:
+        """Return why the adapter does not take this model (None: it does)."""
+        from pytest_invarlock.checkpoint import one_line
+
         try:
             subject = self.load(case)
         except (AdapterError, CallTimeout):
-            return True  # an unusable or hanging adapter fails visibly in every test of its cases
+            return None  # an unusable or hanging adapter fails visibly in every test of its cases
+        except Exception as exc:
+            return f"load_model raised {one_line(exc)}"
+        try:
+            answer = subject.adapter.can_handle(subject.model)
         except Exception:
-            return False  # this adapter cannot load this model: not its model
-        return subject.adapter.can_handle(subject.model) is True
+            return None  # a crashing can_handle() is the adapter's defect: its checks show it
+        return None if answer is True else f"can_handle() returned {answer!r}"
+
+
+def _broken(path: str) -> str | None:
+    """Return what makes a checkpoint directory unreadable (the file and the cause), if anything."""
+    from pytest_invarlock.checkpoint import diagnose
+
+    return diagnose(path) if Path(path).is_dir() else None

@@ -51,8 +51,10 @@ def test_load_model_passes_hf_arguments_through(fixture_dir, monkeypatch):
     model = HFCausalAdapter().load_model(
         fixture_dir("gpt2"), device="cpu", dtype=torch.float16, revision="main",
         cache_dir=None, low_cpu_mem_usage=True)
+    # a local directory is loaded with local_files_only (never the Hub, no process-wide setting)
     assert seen == {"dtype": torch.float16, "revision": "main", "cache_dir": None,
-                    "low_cpu_mem_usage": True, "trust_remote_code": False}
+                    "low_cpu_mem_usage": True, "trust_remote_code": False,
+                    "local_files_only": True}
     assert next(model.parameters()).dtype == torch.float16 and not model.training
 
 

@@ -92,7 +92,8 @@ def test_a_truth_gap_is_unjudged_never_the_adapters_failure(suite, tmp_path):
     assert outcomes["check_describe_layers"] == "unjudged"
     result.stdout.fnmatch_lines([
         "*the suite could not judge*",
-        "UNJUDGED independent_causal on bloom-tiny: check_describe_layers: suite cannot judge this model: "
+        "UNJUDGED independent_adapter:IndependentCausalAdapter on bloom-tiny: "
+        "check_describe_layers: suite cannot judge this model: "
         "*no truth rule for model_type 'bloom'*"])
 
 

@@ -58,7 +58,8 @@ class HFAdapterBase:
         import transformers
 
         model_id = str(Path(model_id)) if isinstance(model_id, os.PathLike) else model_id
-        model = getattr(transformers, auto_class).from_pretrained(model_id, **hf_kwargs)
+        model = getattr(transformers, auto_class).from_pretrained(
+            model_id, **local_only(model_id, hf_kwargs))
         if hf_kwargs.get("device_map") is None:
             model = model.to(resolve_device(device))
         return model.eval()
@@ -81,3 +82,15 @@ class HFAdapterBase:
     def restore_chunked(self, model: nn.Module, path: str | os.PathLike[str]) -> None:
         """Restore a :meth:`snapshot_chunked` directory in full, or raise and touch nothing."""
         snap.restore_chunked(model, path)
+
+
+def local_only(model_id: str | os.PathLike[str], hf_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Return ``hf_kwargs`` with ``local_files_only=True`` when ``model_id`` is a local directory.
+
+    A checkpoint directory never needs the Hub; saying so per call keeps loading offline
+    without a process-wide ``HF_HUB_OFFLINE`` (which would change every other library's runs).
+    An explicit ``local_files_only`` from the caller wins.
+    """
+    if Path(model_id).is_dir():
+        return {"local_files_only": True, **hf_kwargs}
+    return hf_kwargs

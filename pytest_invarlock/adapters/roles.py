@@ -161,12 +161,12 @@ class HFMLMAdapter(HFRoleAdapter):
         """Load with AutoModelForMaskedLM, or AutoModel when config.architectures has no MLM head."""
         import transformers
 
-        from pytest_invarlock.adapters.base import guard_remote_code
+        from pytest_invarlock.adapters.base import guard_remote_code, local_only
 
         guard_remote_code(str(model_id), hf_kwargs)
-        keys = ("revision", "cache_dir", "trust_remote_code")
-        config = transformers.AutoConfig.from_pretrained(
-            str(model_id), **{k: hf_kwargs[k] for k in keys if k in hf_kwargs})
+        keys = ("revision", "cache_dir", "trust_remote_code", "local_files_only")
+        config = transformers.AutoConfig.from_pretrained(str(model_id), **local_only(
+            model_id, {k: hf_kwargs[k] for k in keys if k in hf_kwargs}))
         heads = [a for a in (config.architectures or []) if a.endswith("ForMaskedLM")]
         loader = "AutoModelForMaskedLM" if heads or not config.architectures else "AutoModel"
         return self._load(loader, model_id, device, hf_kwargs)
