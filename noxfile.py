@@ -89,8 +89,8 @@ def benchmark(session: nox.Session) -> None:
     run on 3.11, hence ``--ignore-requires-python``; the CPU torch pin keeps pip from pulling a
     CUDA build; when the install fails (offline, no wheel) the benchmark runs without its rows,
     and ``nox -s benchmark -- --no-invarlock`` leaves them out. It goes into this session's own
-    virtualenv only, never the test one: its ``invarlock.adapters`` entry points would collide
-    with ours there.
+    virtualenv only, never the test one: the tests count the registered adapters, and its
+    ``invarlock.adapters`` names would make ours qualified (``pytest-invarlock:hf_causal``).
 
     Timings are measured here and never asserted in tests: a 2-core CI runner is too noisy
     for thresholds, and the figures belong in release notes, not in pass/fail.

@@ -285,9 +285,9 @@ def _compare_fresh(expected: dict[str, Any], got: dict[str, Any]) -> list[str]:
 
 
 _FRESH_FIXES = {
-    "import": "Make the adapter importable there (register it under invarlock.adapters, or "
-              "select it as module:Class; the parent's sys.path is the helper's PYTHONPATH) and "
-              "instantiable with no arguments",
+    "import": "Make the adapter importable there (register it under the pytest_invarlock.adapters "
+              "or invarlock.adapters entry-point group, or select it as module:Class; the "
+              "parent's sys.path is the helper's PYTHONPATH) and instantiable with no arguments",
     "load": "load_model must work in a new process as it does in this one",
     "restore": "A bytes snapshot must hold everything restore() needs, not keys into the "
                "memory of the process that took it",
