@@ -102,6 +102,8 @@ def build(results: list[tuple[str, dict[str, Any]]], fixtures: set[str]) -> dict
         if payload.get("status", "ran") == "not_run":
             continue
         for rec in payload["records"]:
+            if rec["adapter"] == "none":  # a model no adapter took: an error, not a lane
+                continue
             key = (rec.get("family") or "unknown", rec.get("role") or "unknown", rec["adapter"],
                    payload["lane"])
             lane = lanes.setdefault(key, {"counts": Counter(), "kinds": Counter(), "models": set(),

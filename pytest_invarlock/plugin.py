@@ -46,10 +46,13 @@ class InvarlockRun:
         self._cases: list[Any] | None = None
         #: under xdist, the adapters and declined models a worker planned (the controller plans nothing)
         self._worker_rows: list[dict[str, Any]] | None = None
+        self._worker_not_run: str | None = None
         #: case id -> nodeid of the test that reported the case's load error
         self._load_errors: dict[str, str] = {}
         self._case_by_nodeid: dict[str, Any] = {}
         self._progress_case: str | None = None
+        #: why this lane has nothing to run here (no adapter of its kind), once planned
+        self.not_run: str | None = None
 
     @property
     def discovery(self) -> Discovery:
@@ -79,8 +82,8 @@ class InvarlockRun:
         cases: list[Any] = self.subjects.plan(self.selectors, self.models)
         if not cases:
             names = ", ".join(sorted(self.discovery.adapters)) or "no adapter"
-            cases = [Case("none", "none", "none", None,
-                          skip=NO_CASE.format(lane=self.lane.id, names=names))]
+            self.not_run = NO_CASE.format(lane=self.lane.id, names=names)
+            cases = [Case("none", "none", "none", None, skip=self.not_run)]
         return cases
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
@@ -100,7 +103,8 @@ class InvarlockRun:
             from pytest_invarlock.expectations import ManifestError, canonical, load
 
             try:
-                self.expected = canonical(self.xfail, load(self.xfail), self.known_adapters())
+                entries = [e for e in load(self.xfail) if e.lane in (None, self.lane.id)]
+                self.expected = canonical(self.xfail, entries, self.known_adapters())
             except ManifestError as exc:
                 raise pytest.UsageError(str(exc)) from None
 
@@ -109,7 +113,10 @@ class InvarlockRun:
         known = {label: label for label in self.discovery.adapters}
         for specs in self.discovery.claims.values():
             for spec in specs:
-                known.setdefault(spec.qualified, spec.qualified)
+                try:
+                    known.setdefault(spec.qualified, self.subjects.name(spec.qualified))
+                except AdapterError:
+                    continue
         for selector in self.selectors:
             known[selector] = self.subjects.name(selector)
         return known
@@ -138,7 +145,7 @@ class InvarlockRun:
         if case.skip:
             pytest.skip(case.skip)
         if case.error:
-            pytest.fail(case.error, pytrace=False)
+            _case_error(case.error)
         from pytest_invarlock.errors import CallTimeout
 
         first = self._load_errors.get(case.id)
@@ -150,7 +157,7 @@ class InvarlockRun:
         except (Exception, CallTimeout) as exc:
             self._load_errors[case.id] = nodeid
             error = self.subjects.load_error(case, exc)
-        pytest.fail(error, pytrace=False)  # outside the handler: no chained traceback
+        _case_error(error)  # outside the handler: no chained traceback
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Fold each report into the records (the controller also sees every worker's reports)."""
@@ -182,9 +189,10 @@ class InvarlockRun:
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         """Keep a worker's plan (adapters, declined models): the controller plans nothing."""
-        rows = getattr(node, "workeroutput", {}).get("invarlock_adapters")
-        if rows is not None and self._worker_rows is None:
-            self._worker_rows = rows
+        output = getattr(node, "workeroutput", {})
+        if output.get("invarlock_adapters") is not None and self._worker_rows is None:
+            self._worker_rows = output["invarlock_adapters"]
+            self._worker_not_run = output.get("invarlock_not_run")
 
     def rows(self) -> list[dict[str, Any]]:
         """Return the adapters of this run: planned here, or by the workers under xdist."""
@@ -195,8 +203,9 @@ class InvarlockRun:
         workeroutput = getattr(session.config, "workeroutput", None)
         if workeroutput is not None:
             workeroutput["invarlock_adapters"] = self.rows()
+            workeroutput["invarlock_not_run"] = self.not_run
         elif self.report and (self.collector.records or self._cases):
-            reason = unavailable(self.lane)
+            reason = unavailable(self.lane) or self.not_run or self._worker_not_run
             write_report(Path(self.report), self.lane.id, self.lane.device, self.rows(),
                          [] if reason else self.collector.sorted(), not_run=reason)
         if self._subjects is not None:
@@ -257,18 +266,27 @@ class InvarlockRun:
 
     def adapter_rows(self) -> list[dict[str, Any]]:
         """Return the adapters of this run with their origin and the models they declined."""
-        first: dict[str, Any] = {}
+        selectors: dict[str, str] = {}
         for case in self.cases():
-            first.setdefault(case.adapter, case)
-        first.pop("none", None)
+            selectors.setdefault(case.adapter, case.selector)
+        for label in self.subjects.declined:  # an adapter that took nothing is listed too
+            selectors.setdefault(label, self.subjects.selectors[label])
+        selectors.pop("none", None)
         rows = []
-        for label, case in sorted(first.items()):
-            spec = self.subjects.spec(case.selector)
+        for label, selector in sorted(selectors.items()):
+            spec = self.subjects.spec(selector)
             declined = [d.as_dict() for d in self.subjects.declined.get(label, [])]
             rows.append({"name": label, "label": label, "target": spec.target,
                          "origin": spec.origin, "distribution": spec.distribution,
                          "version": spec.version, "declined": declined})
         return rows
+
+
+def _case_error(message: str) -> None:
+    """Fail a test because its (adapter, model) cannot run; no manifest entry can excuse it."""
+    error = pytest.fail.Exception(message, pytrace=False)
+    error.invarlock_case_error = True  # type: ignore[attr-defined]
+    raise error
 
 
 def declined_lines(rows: list[dict[str, Any]]) -> list[str]:
@@ -337,8 +355,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if marker is None:
         return
     cases = metafunc.config.stash[RUN].cases()
-    metafunc.parametrize(CASE_PARAM, cases, ids=[c.id for c in cases], indirect=True,
-                         scope="session")
+    # with `-n N --dist loadgroup`, each (adapter, model) loads on one worker only
+    params = [pytest.param(c, marks=pytest.mark.xdist_group(c.id), id=c.id) for c in cases]
+    metafunc.parametrize(CASE_PARAM, params, indirect=True, scope="session")
     checks = list(marker.args[0])
     metafunc.parametrize("invarlock_check", checks, ids=[c.__name__ for c in checks])
 
@@ -373,9 +392,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.user_properties.append((PROPERTY, {
                 "adapter": case.adapter, "model": case.model, "check": check.__name__,
                 "family": case.family, "role": case.role, "level": level_of(check)}))
-            # with `-n N --dist loadgroup`, each (adapter, model) loads on one worker only
-            item.add_marker(pytest.mark.xdist_group(case.id))
-            _expect(run, item, case, check.__name__)
+            if not (case.error or case.skip):
+                _expect(run, item, case, check.__name__)
 
 
 def _deselect_repeats(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -405,6 +423,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     """
     report = yield
     excinfo = call.excinfo
+    if excinfo is not None and getattr(excinfo.value, "invarlock_case_error", False):
+        if hasattr(report, "wasxfail"):  # a manifest entry excuses a check, never a load error
+            del report.wasxfail
+            report.outcome = "failed"
+        return report
     if call.when != "call" or excinfo is None or hasattr(report, "wasxfail"):
         return report
     from pytest_invarlock.testing import ShouldFinding, SuiteCannotJudge
@@ -463,7 +486,7 @@ def verdict_lines(records: list[Record], strict: bool) -> list[str]:
         should = sum(r.outcome == "finding" or (r.outcome == "failed" and r.level == "SHOULD")
                      for r in mine)
         unjudged = sum(r.outcome == "unjudged" for r in mine)
-        if not any(r.outcome not in ("skipped", "unjudged") for r in mine):
+        if not any(r.outcome in ("passed", "finding", "failed", "error", "xpassed") for r in mine):
             lines.append(f"invarlock: {adapter}: not judged: no check ran ({len(mine)} "
                          f"skipped{f', {unjudged} unjudged' if unjudged else ''})")
             continue

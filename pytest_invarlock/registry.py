@@ -26,8 +26,9 @@ GROUP = "invarlock.adapters"
 OWN_GROUP = "pytest_invarlock.adapters"
 GROUPS = (OWN_GROUP, GROUP)
 BUILTIN_DIST = "pytest-invarlock"
-#: Protocol members that must be methods of the class (``name`` may be set by ``__init__``).
-METHODS = tuple(m for m in CORE_MEMBERS if m != "name")
+#: Methods the class must have: the protocol's (``name`` may be set by ``__init__``), and
+#: ``load_model``, which the conformance run uses to load every model under test.
+METHODS = (*(m for m in CORE_MEMBERS if m != "name"), "load_model")
 
 
 class AdapterError(Exception):
@@ -81,7 +82,7 @@ class AdapterSpec:
             found: Any = importlib.import_module(module_name)
             for part in qualname.split("."):
                 found = getattr(found, part)
-        except (ImportError, AttributeError) as exc:
+        except (ImportError, AttributeError, ValueError, TypeError) as exc:
             raise AdapterError(f"{self._where()} cannot be imported: {exc!r}; check that the "
                                "module is installed or on PYTHONPATH and the class name is "
                                "right") from exc
@@ -97,8 +98,9 @@ class AdapterSpec:
         missing = [m for m in METHODS if not callable(getattr(cls, m, None))]
         if missing:
             raise AdapterError(f"{self._where()} is not a ModelAdapter: the class lacks the "
-                               f"method{'s' * (len(missing) > 1)} {', '.join(missing)} of the "
-                               f"protocol ({', '.join(CORE_MEMBERS)}); implement them")
+                               f"method{'s' * (len(missing) > 1)} {', '.join(missing)} (the "
+                               f"protocol: {', '.join(CORE_MEMBERS)}; the conformance run also "
+                               "loads models with load_model); implement them")
         return cls
 
     def instantiate(self) -> Any:
@@ -189,7 +191,18 @@ def resolve(selector: str, discovery: Discovery) -> AdapterSpec:
         dist, _, name = selector.partition(":")
         for spec in discovery.claims.get(name, ()):
             if spec.distribution and normalize(spec.distribution) == normalize(dist):
-                return replace(spec, label=spec.qualified)
+                # one label per registration, however it was spelled: plain unless shared
+                return discovery.adapters.get(name if len(discovery.claims[name]) == 1
+                                              else spec.qualified, spec)
+        registered = sorted(s.name for specs in discovery.claims.values() for s in specs
+                            if s.distribution and normalize(s.distribution) == normalize(dist))
+        if registered or not dist.replace(".", "_").isidentifier():
+            close = difflib.get_close_matches(name, registered, n=2)
+            hint = f" Did you mean {' or '.join(f'{dist}:{c}' for c in close)}?" if close else ""
+            listed = ", ".join(registered) or "none"
+            raise AdapterError(f"--invarlock-adapter={selector}: distribution {dist!r} registers "
+                               f"no adapter {name!r} (it registers: {listed}; is it "
+                               f"installed?).{hint}")
         return AdapterSpec(selector.rpartition(":")[2].rpartition(".")[2], selector)
     if selector in discovery.adapters:
         return discovery.adapters[selector]

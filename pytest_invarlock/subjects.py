@@ -119,6 +119,8 @@ class Subjects:
         self._loaded: dict[tuple[str, str], Subject | Exception] = {}
         #: adapter label -> the models it did not take in the plan, with the reason
         self.declined: dict[str, list[Declined]] = {}
+        #: adapter label -> the selector it was planned from
+        self.selectors: dict[str, str] = {}
 
     @property
     def workdir(self) -> Path:
@@ -195,20 +197,21 @@ class Subjects:
         if reason:  # nothing can be loaded here: one skipped case per adapter says why
             return [Case(self.name(sel), sel, ALL_MODELS, None, skip=reason) for sel in chosen]
         sources = self._models(models)
-        broken = {label: why for label, path, *_ in sources if path and models
+        broken = {path: why for _, path, *_ in sources if path and models
                   and (why := _broken(path))}
         cases: list[Case] = []
-        for selector in chosen:
+        for selector in dict.fromkeys(chosen):
             name = self.name(selector)
+            self.selectors.setdefault(name, selector)
             mine = []
             for label, path, family, role in sources:
                 case = Case(name, selector, label, path, family, role)
                 if not path:
                     continue
-                if label in broken:
+                if path in broken:
                     if selectors:
                         mine.append(replace(case, error=f"{name} on {label}: cannot load "
-                                                        f"{path}: {broken[label]}"))
+                                                        f"{path}: {broken[path]}"))
                     continue
                 why = None if selectors and models else self._declines(case)
                 if why is None:
@@ -239,8 +242,8 @@ class Subjects:
         for model, (label, path, family, role) in zip(models, sources, strict=True):
             if any(c.model == label for c in cases):
                 continue
-            if label in broken:
-                error = f"--invarlock-model={model}: cannot load {path}: {broken[label]}"
+            if path in broken:
+                error = f"--invarlock-model={model}: cannot load {path}: {broken[path]}"
             else:
                 why = "; ".join(f"{a}: {d.reason}" for a, ds in sorted(self.declined.items())
                                 for d in ds if d.model == label) or "no adapter is installed"
@@ -286,7 +289,10 @@ class Subjects:
 
         real = packages()
         if models:
-            return [self._explicit(m, real) for m in models]
+            explicit = [self._explicit(m, real) for m in models]
+            clash = {label for label, *_ in explicit if [e[0] for e in explicit].count(label) > 1}
+            return [(f"{Path(path).parent.name}-{label}" if label in clash and path else label,
+                     path, family, role) for label, path, family, role in explicit]
         bundled = [(f.name, str(fixture_path(f.name)), f.family, f.role)
                    for f in catalog().values()]
         for p in real.values():

@@ -307,3 +307,36 @@ def test_progress_names_the_adapter_and_model(suite, fixture_dir):
     assert [line.split()[2] for line in progress] == [fixture_dir("gpt2").name,
                                                       fixture_dir("llama-gqa").name]
     assert not any(line.startswith("conformance/test_") for line in result.stdout.lines)
+
+
+def test_a_manifest_entry_never_excuses_a_load_error(suite, broken):
+    model = broken("truncated")
+    manifest = {"format_version": "invarlock-expected-failures-v1", "expected_failures": [
+        {"adapter": "hf_causal", "check": c.__name__, "reason": "known"}
+        for c in describe.CHECKS]}
+    (suite.path / "xfail.json").write_text(json.dumps(manifest))
+    result = suite.runpytest_subprocess("conformance/test_describe.py", "--invarlock-xfail=xfail.json",
+                                        "--invarlock-adapter=hf_causal", f"--invarlock-model={model}")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*model.safetensors: truncated*"])
+    assert "hardened" not in result.stdout.str()
+
+
+def test_two_models_in_folders_of_one_name_are_told_apart(suite, broken, tmp_path, fixture_dir):
+    bad = broken("truncated")
+    good = tmp_path / "other" / "truncated"
+    shutil.copytree(fixture_dir("gpt2"), good)
+    result = suite.runpytest_subprocess("conformance/test_describe.py",
+                                        "--invarlock-adapter=hf_gpt2", f"--invarlock-model={good}",
+                                        f"--invarlock-model={bad}", "--invarlock-report=r.json")
+    result.assert_outcomes(errors=1, passed=len(describe.CHECKS) - 3, skipped=3)
+    assert {r["model"] for r in records(suite.path / "r.json")["records"]} == {
+        "other-truncated", f"{bad.parent.name}-truncated"}
+
+
+def test_an_adapter_that_takes_no_model_is_listed_with_its_declines(suite, tmp_path):
+    result = suite.runpytest_subprocess("conformance/test_describe.py", "--invarlock-report=r.json",
+                                        f"--invarlock-model={CONFORMANCE.parent / 'fixtures'}")
+    rows = {row["label"]: row for row in records(suite.path / "r.json")["adapters"]}
+    assert rows and all(row["declined"] for row in rows.values()), rows
+    result.stdout.fnmatch_lines(["*invarlock: hf_seq2seq declined 1 model:*"])
