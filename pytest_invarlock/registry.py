@@ -179,6 +179,17 @@ def discover() -> Discovery:
     return Discovery(adapters, problems, claims)
 
 
+def _importable(module: str) -> bool:
+    """Return whether ``module``'s top-level package exists (found, never imported)."""
+    import importlib.util
+
+    top = module.partition(".")[0]
+    try:
+        return top.isidentifier() and importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def choices(specs: tuple[AdapterSpec, ...]) -> str:
     """Return the qualified selectors of several registrations, with where each comes from."""
     return " or ".join(f"--invarlock-adapter={s.qualified} ({s.distribution} {s.version}, "
@@ -196,7 +207,7 @@ def resolve(selector: str, discovery: Discovery) -> AdapterSpec:
                                               else spec.qualified, spec)
         registered = sorted(s.name for specs in discovery.claims.values() for s in specs
                             if s.distribution and normalize(s.distribution) == normalize(dist))
-        if registered or not dist.replace(".", "_").isidentifier():
+        if not _importable(dist):  # then it cannot be module:Class: say what DIST registers
             close = difflib.get_close_matches(name, registered, n=2)
             hint = f" Did you mean {' or '.join(f'{dist}:{c}' for c in close)}?" if close else ""
             listed = ", ".join(registered) or "none"
