@@ -205,9 +205,9 @@ def resolve(selector: str, discovery: Discovery) -> AdapterSpec:
                 # one label per registration, however it was spelled: plain unless shared
                 return discovery.adapters.get(name if len(discovery.claims[name]) == 1
                                               else spec.qualified, spec)
-        registered = sorted(s.name for specs in discovery.claims.values() for s in specs
-                            if s.distribution and normalize(s.distribution) == normalize(dist))
         if not _importable(dist):  # then it cannot be module:Class: say what DIST registers
+            registered = sorted(s.name for specs in discovery.claims.values() for s in specs
+                                if s.distribution and normalize(s.distribution) == normalize(dist))
             close = difflib.get_close_matches(name, registered, n=2)
             hint = f" Did you mean {' or '.join(f'{dist}:{c}' for c in close)}?" if close else ""
             listed = ", ".join(registered) or "none"

@@ -300,12 +300,6 @@ class Subjects:
             bundled.append((p.name, str(found) if found else None, p.family, p.role))
         return bundled
 
-    def label_of(self, model: str) -> str:
-        """Return the label the cases of an explicit ``--invarlock-model`` value carry."""
-        from pytest_invarlock.fixtures import packages
-
-        return self._explicit(model, packages())[0]
-
     @staticmethod
     def _explicit(model: str, real: dict[str, Any]) -> Source:
         from pytest_invarlock.fixtures import package_path
