@@ -100,7 +100,7 @@ def benchmark(session: nox.Session) -> None:
         session.install(*CPU_PIN, "--ignore-requires-python", "invarlock[hf]==0.12.1")
     except nox.command.CommandFailed:
         session.warn("InvarLock could not be installed: benchmarking without its rows")
-    session.run("python", "-m", "pytest_invarlock.bench", *session.posargs)
+    session.run("python", "-m", "pytest_invarlock.hf_adapter.bench", *session.posargs)
 
 
 @nox.session
@@ -110,4 +110,4 @@ def checks_doc(session: nox.Session) -> None:
     The file is generated so it cannot drift from the code; the tests fail while it is stale.
     """
     session.install(*CPU_PIN, "-e", ".")
-    session.run("python", "-m", "pytest_invarlock.checks_doc", "docs/checks.md")
+    session.run("python", "-m", "pytest_invarlock.hf_adapter.checks_doc", "docs/checks.md")

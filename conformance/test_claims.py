@@ -2,7 +2,7 @@
 
 import pytest
 
-from pytest_invarlock.checks import claims
+from pytest_invarlock.hf_adapter.checks import claims
 from pytest_invarlock.testing import run_check
 
 pytestmark = pytest.mark.invarlock(claims.CHECKS)

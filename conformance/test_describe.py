@@ -2,7 +2,7 @@
 
 import pytest
 
-from pytest_invarlock.checks import describe
+from pytest_invarlock.hf_adapter.checks import describe
 from pytest_invarlock.testing import run_check
 
 pytestmark = pytest.mark.invarlock(describe.CHECKS)

@@ -12,7 +12,7 @@ from pytest_invarlock.errors import (
     SnapshotError,
     TruthUnavailable,
 )
-from pytest_invarlock.protocol import ModelAdapter
+from pytest_invarlock.hf_adapter.protocol import ModelAdapter
 
 __all__ = [
     "CheckFailed",

@@ -25,7 +25,7 @@ def listing() -> dict[str, Any]:
     ``name`` is the selector: the plain name, or ``DIST:NAME`` when several distributions
     register that name.
     """
-    from pytest_invarlock import capabilities
+    from pytest_invarlock.hf_adapter import capabilities
     from pytest_invarlock.registry import AdapterError, discover
 
     found = discover()

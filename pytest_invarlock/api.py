@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_invarlock.checks import Check, CheckContext, all_checks
+from pytest_invarlock.hf_adapter.checks import Check, CheckContext, all_checks
 from pytest_invarlock.verdicts import DEFAULT_POLICY, DEFAULT_TIMEOUT, Policy, judge
 
 
@@ -52,9 +52,9 @@ def check_adapter(adapter: Any, model_path: str | os.PathLike[str], *,
 
 def _subject(adapter: Any, model_path: str | os.PathLike[str], device: str,
              reference: bool, policy: Policy = DEFAULT_POLICY) -> Any:
-    from pytest_invarlock import state
+    from pytest_invarlock.hf_adapter import state
     from pytest_invarlock.registry import instance_label
-    from pytest_invarlock.subjects import Case, Subject
+    from pytest_invarlock.hf_adapter.planning import Case, Subject
     from pytest_invarlock.verdicts import bounded
 
     path = str(model_path)

@@ -264,7 +264,7 @@ def render(matrix: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Merge lane result files into the support matrix, or check the committed one is current."""
-    from pytest_invarlock.fixtures import catalog
+    from pytest_invarlock.hf_adapter.fixtures import catalog
     from pytest_invarlock.resources import validate
 
     parser = argparse.ArgumentParser(prog="python -m pytest_invarlock.matrix",

@@ -65,7 +65,7 @@ class InvarlockRun:
     def subjects(self) -> Any:
         """Return the process-wide loader of (adapter, model) pairs."""
         if self._subjects is None:
-            from pytest_invarlock.subjects import Subjects
+            from pytest_invarlock.hf_adapter.planning import Subjects
 
             self._subjects = Subjects(self.lane, self.discovery, self.policy)
         return self._subjects
@@ -77,7 +77,7 @@ class InvarlockRun:
         return self._cases
 
     def _plan(self) -> list[Any]:
-        from pytest_invarlock.subjects import Case
+        from pytest_invarlock.hf_adapter.planning import Case
 
         cases: list[Any] = self.subjects.plan(self.selectors, self.models)
         if not cases:
@@ -387,7 +387,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         case, check = _case_of(item), getattr(getattr(item, "callspec", None), "params", {}).get(
             "invarlock_check")
         if case is not None and check is not None:
-            from pytest_invarlock.checks import level_of
+            from pytest_invarlock.hf_adapter.checks import level_of
 
             item.user_properties.append((PROPERTY, {
                 "adapter": case.adapter, "model": case.model, "check": check.__name__,

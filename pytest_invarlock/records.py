@@ -72,7 +72,7 @@ def _from_nodeid(nodeid: str) -> dict[str, Any] | None:
 
 def _level(check: str) -> str | None:
     """Return the level of the check named ``check`` (None when the suite has no such check)."""
-    from pytest_invarlock.checks import all_checks, level_of
+    from pytest_invarlock.hf_adapter.checks import all_checks, level_of
 
     return next((level_of(c) for c in all_checks() if c.__name__ == check), None)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from importlib.metadata import entry_points
 from typing import Any
 
-from pytest_invarlock.protocol import CORE_MEMBERS, missing_members
+from pytest_invarlock.hf_adapter.protocol import CORE_MEMBERS, missing_members
 
 #: InvarLock's group: adapters written for InvarLock (its own, and its plugins).
 GROUP = "invarlock.adapters"

@@ -68,7 +68,7 @@ def legend_line() -> str:
 
 def check_order(names: Iterable[str]) -> list[str]:
     """Return check names in suite order (``all_checks()``), unknown names last, alphabetically."""
-    from pytest_invarlock.checks import all_checks
+    from pytest_invarlock.hf_adapter.checks import all_checks
 
     order = {c.__name__: i for i, c in enumerate(all_checks())}
     return sorted(set(names), key=lambda c: (order.get(c, len(order)), c))

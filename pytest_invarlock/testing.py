@@ -11,9 +11,9 @@ import warnings
 
 import pytest
 
-from pytest_invarlock.checks import Check
+from pytest_invarlock.hf_adapter.checks import Check
 from pytest_invarlock.errors import InvarlockNote
-from pytest_invarlock.subjects import Subject
+from pytest_invarlock.hf_adapter.planning import Subject
 from pytest_invarlock.verdicts import judge
 
 

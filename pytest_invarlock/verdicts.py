@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, TypeVar
 
-from pytest_invarlock.checks import MUST, Check, level_of
+from pytest_invarlock.hf_adapter.checks import MUST, Check, level_of
 from pytest_invarlock.errors import (
     CallTimeout,
     CheckFailed,
@@ -40,7 +40,7 @@ from pytest_invarlock.errors import (
 )
 
 if TYPE_CHECKING:
-    from pytest_invarlock.subjects import Subject
+    from pytest_invarlock.hf_adapter.planning import Subject
 
 #: Default bound, in seconds, on one check (or one model load) of one subject.
 DEFAULT_TIMEOUT = 300.0
@@ -118,8 +118,9 @@ def _is_suite(frame: FrameType) -> bool:
     return path.startswith(_SUITE + os.sep) and not path.startswith(_ADAPTERS + os.sep)
 
 
-#: The suite's code that calls adapters: the checks and the loaders of subjects.
-_CALLERS = (os.path.join(_SUITE, "checks") + os.sep, os.path.join(_SUITE, "subjects.py"),
+#: The suite's code that calls implementations: the profiles (their checks and loaders) and
+#: the core's subject loader.
+_CALLERS = (os.path.join(_SUITE, "hf_adapter") + os.sep, os.path.join(_SUITE, "subjects.py"),
             os.path.join(_SUITE, "api.py"))
 
 

@@ -18,7 +18,7 @@ from pytest_invarlock.adapters import snapshot as snap
 from pytest_invarlock.adapters import structure
 from pytest_invarlock.adapters.roles import HFCausalAdapter
 from pytest_invarlock.errors import SnapshotError
-from pytest_invarlock.fresh import HELPER_ENV
+from pytest_invarlock.hf_adapter.fresh import HELPER_ENV
 
 
 class ReplacesParameters(HFCausalAdapter):

@@ -5,7 +5,7 @@ os.environ.pop("INVARLOCK_ALLOW_REMOTE_CODE", None)
 
 import pytest
 
-from pytest_invarlock.fixtures import CACHE_ENV, cache_root
+from pytest_invarlock.hf_adapter.fixtures import CACHE_ENV, cache_root
 
 # pytester moves HOME; pin the fixture cache so every test and subprocess shares one build.
 os.environ[CACHE_ENV] = str(cache_root())
@@ -20,7 +20,7 @@ def _built_fixtures():
     """
     import transformers
 
-    from pytest_invarlock.fixtures import catalog, fixture_path
+    from pytest_invarlock.hf_adapter.fixtures import catalog, fixture_path
 
     for name, fixture in catalog().items():
         getattr(transformers, fixture.auto_class).from_pretrained(fixture_path(name))
@@ -29,7 +29,7 @@ def _built_fixtures():
 @pytest.fixture(scope="session")
 def fixture_dir():
     """Return a function mapping a fixture name to its built checkpoint directory."""
-    from pytest_invarlock.fixtures import fixture_path
+    from pytest_invarlock.hf_adapter.fixtures import fixture_path
 
     return fixture_path
 

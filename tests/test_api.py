@@ -4,7 +4,7 @@ import broken_adapters as broken
 
 from pytest_invarlock.adapters.roles import HFCausalAdapter
 from pytest_invarlock.api import check_adapter
-from pytest_invarlock.checks import describe
+from pytest_invarlock.hf_adapter.checks import describe
 
 
 def test_expected_failures_become_xfailed_and_unneeded_ones_xpassed(fixture_dir):

@@ -7,7 +7,7 @@ import torch
 import transformers
 
 from pytest_invarlock.adapters import auto
-from pytest_invarlock.fixtures import catalog, fixture_path
+from pytest_invarlock.hf_adapter.fixtures import catalog, fixture_path
 
 ROLE_ADAPTER = {"causal": "hf_causal", "mlm": "hf_mlm", "seq2seq": "hf_seq2seq",
                 "multimodal": "hf_multimodal"}

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from pytest_invarlock.checkpoint import diagnose, one_line
-from pytest_invarlock.fixtures import catalog, fixture_path, package_path, packages
+from pytest_invarlock.hf_adapter.checkpoint import diagnose, one_line
+from pytest_invarlock.hf_adapter.fixtures import catalog, fixture_path, package_path, packages
 
 
 def copy_fixture(tmp_path, name="gpt2"):
@@ -116,7 +116,7 @@ def test_diagnose_imports_neither_torch_nor_transformers(tmp_path):
     (target / "model.safetensors").write_bytes(b"\x00" * 4)
     code = (
         "import sys\n"
-        "from pytest_invarlock.checkpoint import diagnose\n"
+        "from pytest_invarlock.hf_adapter.checkpoint import diagnose\n"
         f"assert diagnose({str(target)!r}).startswith('model.safetensors: ')\n"
         "loaded = {'torch', 'transformers', 'safetensors'} & set(sys.modules)\n"
         "assert not loaded, loaded\n"

@@ -9,7 +9,7 @@ import pytest
 
 from pytest_invarlock.adapters.roles import HFCausalAdapter
 from pytest_invarlock.api import check_adapter
-from pytest_invarlock.checks import SHOULD, all_checks, level_of
+from pytest_invarlock.hf_adapter.checks import SHOULD, all_checks, level_of
 
 # (broken adapter, fixture, reference?, the one failing check, words its message must contain)
 CASES = [

@@ -11,7 +11,7 @@ import pytest
 
 from pytest_invarlock.adapters.roles import HFCausalAdapter, HFMLMAdapter
 from pytest_invarlock.api import check_adapter
-from pytest_invarlock.checks import chunked, loading
+from pytest_invarlock.hf_adapter.checks import chunked, loading
 
 CHECKS = [*loading.CHECKS, *chunked.CHECKS]
 CASES = broken_loading.CASES

@@ -7,10 +7,10 @@ import broken_preservation as broken
 import pytest
 import torch
 
-from pytest_invarlock import fresh
+from pytest_invarlock.hf_adapter import fresh
 from pytest_invarlock.adapters.roles import HFCausalAdapter
 from pytest_invarlock.api import check_adapter
-from pytest_invarlock.checks import CheckContext, preservation, values
+from pytest_invarlock.hf_adapter.checks import CheckContext, preservation, values
 from pytest_invarlock.errors import CheckNotApplicable
 
 CHECKS = [*values.CHECKS, *preservation.CHECKS]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytest_invarlock.checks import describe, loading
+from pytest_invarlock.hf_adapter.checks import describe, loading
 from pytest_invarlock.registry import GROUP, OWN_GROUP
 from pytest_invarlock.resources import validate
 

@@ -5,11 +5,11 @@ from functools import cache
 
 import pytest
 
-from pytest_invarlock import truth
+from pytest_invarlock.hf_adapter import truth
 from pytest_invarlock.adapters import auto, roles
-from pytest_invarlock.checks import CheckContext, describe
+from pytest_invarlock.hf_adapter.checks import CheckContext, describe
 from pytest_invarlock.errors import CheckFailed
-from pytest_invarlock.fixtures import catalog, fixture_path
+from pytest_invarlock.hf_adapter.fixtures import catalog, fixture_path
 
 ROLE = {"causal": roles.HFCausalAdapter, "mlm": roles.HFMLMAdapter,
         "seq2seq": roles.HFSeq2SeqAdapter, "multimodal": roles.HFMultimodalAdapter}

@@ -9,7 +9,7 @@ import transformers
 from pytest_invarlock.adapters import base
 from pytest_invarlock.adapters.roles import HFCausalAdapter
 from pytest_invarlock.errors import RemoteCodeRefused
-from pytest_invarlock.fixtures import CACHE_ENV, catalog, fixture_path, probe_path
+from pytest_invarlock.hf_adapter.fixtures import CACHE_ENV, catalog, fixture_path, probe_path
 
 
 def digest(directory):

@@ -107,7 +107,7 @@ def test_committed_contracts_validate(name):
 
 
 def test_committed_contracts_agree_with_each_other():
-    from pytest_invarlock.capabilities import contract
+    from pytest_invarlock.hf_adapter.capabilities import contract
 
     lanes = json.loads(Path(data_path("contracts", "support_matrix.json")).read_text())["lanes"]
     assert {lane["adapter"] for lane in lanes} <= set(contract())

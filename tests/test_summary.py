@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from pytest_invarlock.checks import all_checks
+from pytest_invarlock.hf_adapter.checks import all_checks
 from pytest_invarlock.records import Record
 from pytest_invarlock.summary import _MARKS, OUTCOMES, _cell, check_order, legend_line, matrix_lines
 

@@ -13,8 +13,8 @@ from torch import nn
 
 from pytest_invarlock.adapters.roles import HFCausalAdapter, HFMultimodalAdapter
 from pytest_invarlock.api import check_adapter
-from pytest_invarlock.checks import SHOULD, all_checks, describe, level_of, rejection
-from pytest_invarlock.checks_doc import render
+from pytest_invarlock.hf_adapter.checks import SHOULD, all_checks, describe, level_of, rejection
+from pytest_invarlock.hf_adapter.checks_doc import render
 from pytest_invarlock.resources import validate
 
 CONFORMANCE = Path(__file__).parents[1] / "conformance"
@@ -36,7 +36,7 @@ def test_every_check_has_a_level_and_a_reason_for_it():
 
 def test_docs_checks_md_is_up_to_date():
     assert DOCS.read_text(encoding="utf-8") == render(), (
-        "docs/checks.md is stale: run `python -m pytest_invarlock.checks_doc docs/checks.md`")
+        "docs/checks.md is stale: run `python -m pytest_invarlock.hf_adapter.checks_doc docs/checks.md`")
 
 
 def test_a_should_finding_is_not_a_failure_unless_strict(fixture_dir):
@@ -76,7 +76,7 @@ def _unknown_family(path: Path) -> Path:
 
 
 def test_a_truth_gap_is_unjudged_never_the_adapters_failure(suite, tmp_path):
-    from pytest_invarlock.truth import RULES
+    from pytest_invarlock.hf_adapter.truth import RULES
 
     assert "bloom" not in RULES
     model = _unknown_family(tmp_path / "bloom-tiny")
@@ -223,7 +223,7 @@ def test_a_should_finding_passes_in_a_users_own_test(pytester, fixture_dir):
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from broken_adapters import NoChecksum
         from pytest_invarlock.api import parametrize_with_checks, verify
-        from pytest_invarlock.checks import rejection
+        from pytest_invarlock.hf_adapter.checks import rejection
 
         @parametrize_with_checks([NoChecksum()], [{str(fixture_dir("gpt2"))!r}],
                                  checks=[rejection.check_restore_rejects_tampered_blob])
@@ -250,7 +250,7 @@ def test_the_suite_never_deletes_a_directory_it_did_not_get_a_snapshot_in(tmp_pa
                                                                             fixture_dir):
     import tempfile
 
-    from pytest_invarlock.checks import roundtrip
+    from pytest_invarlock.hf_adapter.checks import roundtrip
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     (tmp_path / "precious.txt").write_text("keep me")

@@ -27,7 +27,7 @@ class HFRoleAdapter(HFAdapterBase):
     @property
     def capabilities(self) -> dict[str, Any] | None:
         """Return this adapter's entry of contracts/adapter_capabilities.json (None: unlisted)."""
-        from pytest_invarlock.capabilities import contract
+        from pytest_invarlock.hf_adapter.capabilities import contract
 
         return contract().get(self.name)
 

@@ -1,7 +1,7 @@
 """How the reference adapters read a model's structure off its modules (the adapters' own code).
 
 The conformance suite never uses this module: it derives its truth independently in
-``pytest_invarlock.truth`` and checks what these functions report against it.
+``pytest_invarlock.hf_adapter.truth`` and checks what these functions report against it.
 """
 
 from __future__ import annotations

@@ -15,9 +15,9 @@ from typing import Any
 
 from torch import nn
 
-from pytest_invarlock import capabilities, state
-from pytest_invarlock.checks import MUST, SHOULD, CheckContext, Problems, check, discard_snapshot
-from pytest_invarlock.checks.roundtrip import roundtrip
+from pytest_invarlock.hf_adapter import capabilities, state
+from pytest_invarlock.hf_adapter.checks import MUST, SHOULD, CheckContext, Problems, check, discard_snapshot
+from pytest_invarlock.hf_adapter.checks.roundtrip import roundtrip
 from pytest_invarlock.errors import CheckNotApplicable, ClaimNote
 
 PREFIX = "invarlock-check-"

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pytest_invarlock import capabilities, fresh, state
-from pytest_invarlock.checks import CheckContext, Problems, check, discard_snapshot, fresh_instance, summarize
-from pytest_invarlock.checks.roundtrip import _check_bytes_like, _clean_refusal
+from pytest_invarlock.hf_adapter import capabilities, fresh, state
+from pytest_invarlock.hf_adapter.checks import CheckContext, Problems, check, discard_snapshot, fresh_instance, summarize
+from pytest_invarlock.hf_adapter.checks.roundtrip import _check_bytes_like, _clean_refusal
 from pytest_invarlock.errors import CheckFailed, CheckNotApplicable
 
 # --------------------------------------------------------------------------- shared helpers

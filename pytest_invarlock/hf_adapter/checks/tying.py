@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pytest_invarlock import capabilities, state, truth
-from pytest_invarlock.checks import CheckContext, check, summarize
+from pytest_invarlock.hf_adapter import capabilities, state, truth
+from pytest_invarlock.hf_adapter.checks import CheckContext, check, summarize
 from pytest_invarlock.errors import CheckFailed, CheckNotApplicable
 
 

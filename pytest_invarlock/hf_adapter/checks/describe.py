@@ -7,8 +7,8 @@ from typing import Any
 
 from torch import nn
 
-from pytest_invarlock import truth as truth_mod
-from pytest_invarlock.checks import SHOULD, CheckContext, Problems, check, summarize
+from pytest_invarlock.hf_adapter import truth as truth_mod
+from pytest_invarlock.hf_adapter.checks import SHOULD, CheckContext, Problems, check, summarize
 from pytest_invarlock.errors import CheckFailed, CheckNotApplicable
 from pytest_invarlock.resources import validate
 

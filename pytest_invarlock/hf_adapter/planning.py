@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pytest_invarlock.checks import Check, CheckContext, mutates
+from pytest_invarlock.hf_adapter.checks import Check, CheckContext, mutates
 from pytest_invarlock.errors import CallTimeout
 from pytest_invarlock.lanes import Lane, admits, unavailable
 from pytest_invarlock.registry import AdapterError, AdapterSpec, Discovery, resolve
@@ -76,7 +76,7 @@ class Subject:
                 check(self.adapter, self.model, self.ctx)
         finally:
             if mutates(check):
-                from pytest_invarlock import state
+                from pytest_invarlock.hf_adapter import state
 
                 if state.diff(self.model, self.reference):  # untouched models keep their ties
                     state.reset(self.model, self.reference)
@@ -159,7 +159,7 @@ class Subjects:
 
     def load_error(self, case: Case, exc: BaseException) -> str:
         """Return one line saying why ``case`` did not load: the file at fault when one is."""
-        from pytest_invarlock.checkpoint import one_line
+        from pytest_invarlock.hf_adapter.checkpoint import one_line
 
         cause = (_broken(case.path) if case.path else None) or (
             str(exc) if isinstance(exc, (AdapterError, CallTimeout)) else
@@ -167,7 +167,7 @@ class Subjects:
         return f"{case.adapter} on {case.model}: cannot load the model: {cause}"
 
     def _load(self, case: Case) -> Subject:
-        from pytest_invarlock import state
+        from pytest_invarlock.hf_adapter import state
 
         self.adapter(case.selector)  # raises the adapter's problem, once per selector
         # each (adapter, model) gets its own instance, as frameworks create one per model: an
@@ -258,7 +258,7 @@ class Subjects:
         An adapter gets one when it took a bundled fixture of the same family, so the report
         says what it would also have been verified on.
         """
-        from pytest_invarlock.fixtures import packages
+        from pytest_invarlock.hf_adapter.fixtures import packages
 
         extra = []
         for label, path, family, role in sources:
@@ -285,7 +285,7 @@ class Subjects:
         The bundled ones are the fixtures and the real checkpoints; a real checkpoint whose
         package is not installed has path None.
         """
-        from pytest_invarlock.fixtures import catalog, fixture_path, package_path, packages
+        from pytest_invarlock.hf_adapter.fixtures import catalog, fixture_path, package_path, packages
 
         real = packages()
         if models:
@@ -302,7 +302,7 @@ class Subjects:
 
     @staticmethod
     def _explicit(model: str, real: dict[str, Any]) -> Source:
-        from pytest_invarlock.fixtures import package_path
+        from pytest_invarlock.hf_adapter.fixtures import package_path
 
         for p in real.values():
             if model in (p.name, p.distribution) and package_path(p):
@@ -312,7 +312,7 @@ class Subjects:
 
     def _declines(self, case: Case) -> str | None:
         """Return why the adapter does not take this model (None: it does)."""
-        from pytest_invarlock.checkpoint import one_line
+        from pytest_invarlock.hf_adapter.checkpoint import one_line
 
         try:
             subject = self.load(case)
@@ -329,6 +329,6 @@ class Subjects:
 
 def _broken(path: str) -> str | None:
     """Return what makes a checkpoint directory unreadable (the file and the cause), if anything."""
-    from pytest_invarlock.checkpoint import diagnose
+    from pytest_invarlock.hf_adapter.checkpoint import diagnose
 
     return diagnose(path) if Path(path).is_dir() else None

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pytest_invarlock import capabilities, state
-from pytest_invarlock.checks import CheckContext, Problems, check, discard_snapshot, summarize
-from pytest_invarlock.checks.values import baseline, cycle, not_judged, refused, snapshot_ways
+from pytest_invarlock.hf_adapter import capabilities, state
+from pytest_invarlock.hf_adapter.checks import CheckContext, Problems, check, discard_snapshot, summarize
+from pytest_invarlock.hf_adapter.checks.values import baseline, cycle, not_judged, refused, snapshot_ways
 from pytest_invarlock.errors import CheckNotApplicable
 
 # --------------------------------------------------------------------------- a mixed model

@@ -7,7 +7,7 @@ file and answers with a digest of every tensor's bits. The helper answers on a p
 its stdout (anything the adapter prints goes to its log), is stopped at exit, and a helper that
 dies or does not answer in time is reported as :class:`HelperFailed` with its log's tail.
 
-Run as ``python -m pytest_invarlock.fresh`` it is the helper itself.
+Run as ``python -m pytest_invarlock.hf_adapter.fresh`` it is the helper itself.
 """
 
 from __future__ import annotations
@@ -43,14 +43,14 @@ class HelperFailed(RuntimeError):
 
 def digest(t: Any) -> str:
     """Return the sha256 of a tensor's raw bytes (as ``state.bits`` lays them out)."""
-    from pytest_invarlock import state
+    from pytest_invarlock.hf_adapter import state
 
     return hashlib.sha256(state.bits(t).numpy().tobytes()).hexdigest()
 
 
 def describe_state(model: Any) -> dict[str, Any]:
     """Return every tensor's dtype, shape, device and bit digest, and the tied groups."""
-    from pytest_invarlock import state
+    from pytest_invarlock.hf_adapter import state
 
     tensors = {name: {"dtype": str(t.dtype), "shape": list(t.shape), "device": str(t.device),
                       "digest": digest(t)}
@@ -125,7 +125,7 @@ class Helper:
         env["PYTHONUNBUFFERED"] = "1"
         with open(self._log, "w") as log:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "pytest_invarlock.fresh"], stdin=subprocess.PIPE,
+                [sys.executable, "-m", "pytest_invarlock.hf_adapter.fresh"], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=log, text=True, env=env, bufsize=1)
         self._answers = queue.Queue()
         threading.Thread(target=_pump, args=(self._proc.stdout, self._answers),
@@ -197,7 +197,7 @@ def make_adapter(selector: str) -> Any:
 
 def serve(request: dict[str, Any]) -> dict[str, Any]:
     """Answer one request: load afresh, perturb, restore the snapshot file, digest the state."""
-    from pytest_invarlock import state
+    from pytest_invarlock.hf_adapter import state
 
     stage = "import"
     try:

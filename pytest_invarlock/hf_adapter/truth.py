@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from pytest_invarlock.errors import ModelInconsistent, TruthUnavailable
-from pytest_invarlock.state import named_tensors, storage_groups, storage_key
+from pytest_invarlock.hf_adapter.state import named_tensors, storage_groups, storage_key
 
 Config = Any
 Shape = tuple[int, ...]
@@ -307,7 +307,7 @@ def rule_for(model_type: str) -> Rule:
         return RULES[model_type]
     except KeyError:
         raise TruthUnavailable(f"the suite has no truth rule for model_type {model_type!r}; add "
-                               "one to pytest_invarlock/truth.py RULES") from None
+                               "one to pytest_invarlock/hf_adapter/truth.py RULES") from None
 
 
 def family_roots(model: nn.Module, family: str) -> list[str]:

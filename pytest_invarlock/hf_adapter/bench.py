@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Print a table of seconds, GB/s and extra peak memory per operation."""
-    parser = argparse.ArgumentParser(prog="python -m pytest_invarlock.bench",
+    parser = argparse.ArgumentParser(prog="python -m pytest_invarlock.hf_adapter.bench",
                                      description=__doc__)
     parser.add_argument("--layers", type=int, default=16)
     parser.add_argument("--hidden", type=int, default=1024)

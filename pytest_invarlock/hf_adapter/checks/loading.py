@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pytest_invarlock import truth as truth_mod
-from pytest_invarlock.checks import MUST, SHOULD, CheckContext, Problems, check, fresh_instance, summarize
-from pytest_invarlock.checks.describe import tied_groups
+from pytest_invarlock.hf_adapter import truth as truth_mod
+from pytest_invarlock.hf_adapter.checks import MUST, SHOULD, CheckContext, Problems, check, fresh_instance, summarize
+from pytest_invarlock.hf_adapter.checks.describe import tied_groups
 from pytest_invarlock.errors import CheckFailed, CheckNotApplicable, TruthUnavailable
 
 ALLOW_ENV = "INVARLOCK_ALLOW_REMOTE_CODE"
@@ -43,7 +43,7 @@ PROBE_FIXTURES = {"causal": "gpt2", "mlm": "bert", "seq2seq": "t5", "multimodal"
 
 def _role_of(model: nn.Module) -> str | None:
     """Return the catalog role of ``model`` (causal, mlm, seq2seq, multimodal), None if unknown."""
-    from pytest_invarlock.fixtures import catalog
+    from pytest_invarlock.hf_adapter.fixtures import catalog
 
     config = getattr(model, "config", None)
     if config is None:
@@ -66,7 +66,7 @@ def _role_of(model: nn.Module) -> str | None:
 
 def _foreign_probes(model: nn.Module) -> list[Any]:
     """Return one catalog fixture of every role other than ``model``'s."""
-    from pytest_invarlock.fixtures import catalog
+    from pytest_invarlock.hf_adapter.fixtures import catalog
 
     own = _role_of(model)
     by_role: dict[str, Any] = {}
@@ -116,7 +116,7 @@ def _handles(adapter: Any, module: nn.Module, others: str, problems: Problems) -
 def check_can_handle_rejects_foreign_models(adapter: Any, model: nn.Module,
                                             ctx: CheckContext) -> None:
     """can_handle() is False for modules that are no language model, and True for another role's model only when describe() gets it right."""  # noqa: E501
-    from pytest_invarlock.fixtures import build_model
+    from pytest_invarlock.hf_adapter.fixtures import build_model
 
     problems, gaps = Problems(), []
     for module in (nn.Linear(4, 4), nn.Sequential(nn.Linear(4, 4), nn.ReLU())):
@@ -403,7 +403,7 @@ def _environment(**values: str | None) -> Iterator[None]:
 
 def _fresh_probe(root: Path) -> Path:
     """Copy the remote-code probe to a new directory with a unique (importable) name."""
-    from pytest_invarlock.fixtures import probe_path
+    from pytest_invarlock.hf_adapter.fixtures import probe_path
 
     copy = root / f"invarlock_remote_code_probe_{uuid.uuid4().hex}"
     shutil.copytree(probe_path("remote-code"), copy)

@@ -8,8 +8,8 @@ from typing import Any
 
 from torch import nn
 
-from pytest_invarlock import capabilities
-from pytest_invarlock.checks import CheckContext, Problems, check, summarize
+from pytest_invarlock.hf_adapter import capabilities
+from pytest_invarlock.hf_adapter.checks import CheckContext, Problems, check, summarize
 from pytest_invarlock.errors import CheckFailed, CheckNotApplicable
 
 CONTRACT = "contracts/adapter_capabilities.json"

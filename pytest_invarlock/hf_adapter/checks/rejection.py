@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pytest_invarlock import capabilities, state
-from pytest_invarlock.checks import SHOULD, CheckContext, Problems, check, discard_snapshot, summarize
+from pytest_invarlock.hf_adapter import capabilities, state
+from pytest_invarlock.hf_adapter.checks import SHOULD, CheckContext, Problems, check, discard_snapshot, summarize
 from pytest_invarlock.errors import CheckFailed, CheckNotApplicable
 
 
@@ -103,7 +103,7 @@ def _foreign_models(model: nn.Module) -> list[tuple[str, nn.Module]]:
     Building the deeper model must work for every config the suite bundles: a failure here is
     the suite's own error and propagates (it never silently drops the case).
     """
-    from pytest_invarlock.fixtures import build_model, catalog
+    from pytest_invarlock.hf_adapter.fixtures import build_model, catalog
 
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
