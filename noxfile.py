@@ -5,9 +5,16 @@ Run ``nox -l`` to list them. Logic lives in the package; sessions only install a
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import nox
+
+if TYPE_CHECKING:  # for the type checker only: nox itself runs without the package installed
+    from pytest_invarlock.lanes import Lane
 
 nox.options.sessions = ["lane-cpu", "support_matrix", "tests"]
 nox.options.reuse_existing_virtualenvs = True
@@ -15,33 +22,56 @@ nox.options.reuse_existing_virtualenvs = True
 CPU_PIN = ("-c", "constraints/cpu.txt")
 RESULTS = Path("results")
 MATRIX = Path("contracts/support_matrix.json")
+LANES_FILE = Path(__file__).parent / "pytest_invarlock" / "lanes.py"
 
-#: lane id -> (pip arguments that pin torch, extras to install). CPU lanes pin the CPU torch
-#: build; CUDA lanes leave torch to the runner's CUDA wheels.
-LANES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "cpu": (CPU_PIN, ()),
-    "cuda": ((), ()),
-    "cpu-quant": (CPU_PIN, ()),
-    "cuda-quant": ((), ()),
-}
+#: device -> pip arguments that pin torch for it; the only lane fact that is nox's own (the lanes
+#: themselves come from lanes.py). A CPU lane installs under constraints/cpu.txt, so every CPU run
+#: verifies against the same torch; a CUDA lane leaves torch to the runner, whose CUDA wheels must
+#: match its driver.
+TORCH_PINS: dict[str, tuple[str, ...]] = {"cpu": CPU_PIN, "cuda": ()}
 
 
-def _lane(lane: str) -> None:
-    pins, extras = LANES[lane]
+def _load_lanes() -> ModuleType:
+    """Load pytest_invarlock/lanes.py by path: the lane table's one source.
 
-    @nox.session(name=f"lane-{lane}")
+    nox runs before (and without) the package being installed, and importing the package would
+    import its dependencies; lanes.py imports only the standard library at module level.
+    """
+    spec = importlib.util.spec_from_file_location("_invarlock_lanes", LANES_FILE)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load the lane table from {LANES_FILE}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look the defining module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+lanes = _load_lanes()
+
+
+def _lane(lane: Lane) -> None:
+    """Define the ``lane-<id>`` session for one row of the lane table."""
+    pins = TORCH_PINS[lane.device]
+    requirements = [requirement for _module, requirement in lane.requires]
+
+    @nox.session(name=f"lane-{lane.id}")
     def session_fn(session: nox.Session) -> None:
-        session.install(*pins, "-e", f".[{','.join(('dev', *extras))}]")
+        session.install(*pins, "-e", ".[dev]", *requirements)
         RESULTS.mkdir(exist_ok=True)
-        session.run("pytest", "conformance/", f"--invarlock-lane={lane}",
-                    f"--invarlock-report={RESULTS / f'{lane}.json'}", *session.posargs)
+        session.run("pytest", "conformance/", f"--invarlock-lane={lane.id}",
+                    f"--invarlock-report={RESULTS / f'{lane.id}.json'}", *session.posargs)
 
-    session_fn.__doc__ = (f"Run the conformance suite in lane {lane!r} and write "
-                          f"results/{lane}.json (the evidence the support matrix is built from).")
+    torch = "the CPU torch build" if pins else "the runner's CUDA torch"
+    session_fn.__doc__ = (
+        f"Run the conformance suite in lane {lane.id!r} ({lane.description}) with {torch}, "
+        f"writing results/{lane.id}.json.\n\n"
+        "The results file is the evidence the support matrix is built from, so each lane runs in "
+        "its own session (and on its own runner in CI): a lane's verdicts are only worth what its "
+        "device and torch build really were.")
 
 
-for _lane_id in LANES:
-    _lane(_lane_id)
+for _lane_row in lanes.LANES.values():
+    _lane(_lane_row)
 
 
 @nox.session
@@ -73,9 +103,17 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Run ruff over the package, the conformance modules, the tests and this file."""
-    session.install("ruff")
+    """Run ruff over the whole tree and mypy over what pyproject.toml's ``[tool.mypy]`` names.
+
+    ruff catches style and likely bugs in every file (package, conformance modules, tests, this
+    file); mypy checks the package's types against those of torch, transformers and pytest, so
+    the package is installed with its dev extras (CPU torch pin) for the imports to resolve.
+    mypy runs without arguments so that what it checks, and how strictly, is stated once, in
+    ``[tool.mypy]``, for ``nox -s lint`` and a bare ``mypy`` alike.
+    """
+    session.install(*CPU_PIN, "-e", ".[dev]", "mypy")
     session.run("ruff", "check", ".")
+    session.run("mypy")
 
 
 @nox.session

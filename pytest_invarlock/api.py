@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_invarlock.hf_adapter.checks import Check, CheckContext, all_checks
+from pytest_invarlock.checking import Check
+from pytest_invarlock.profile import Case, Env, Profile, Subject, owner, profiles
 from pytest_invarlock.verdicts import DEFAULT_POLICY, DEFAULT_TIMEOUT, Policy, judge
 
 
@@ -34,7 +35,7 @@ ExpectedFailures = Mapping[str | tuple[str, str], str]
 
 
 def check_adapter(adapter: Any, model_path: str | os.PathLike[str], *,
-                  checks: Iterable[Check] | None = None, device: str = "cpu",
+                  checks: Iterable[Check[Any]] | None = None, device: str = "cpu",
                   reference: bool = False, strict: bool = False,
                   timeout: float = DEFAULT_TIMEOUT,
                   expected_failures: ExpectedFailures | None = None) -> list[Result]:
@@ -45,27 +46,36 @@ def check_adapter(adapter: Any, model_path: str | os.PathLike[str], *,
     the reason it is known to fail: such a failure is reported as ``xfailed``, and a pass as
     ``xpassed``.
     """
-    subject = _subject(adapter, model_path, device, reference, Policy(strict, timeout))
-    results = [_run(subject, c) for c in (all_checks() if checks is None else checks)]
+    chosen = None if checks is None else list(checks)
+    profile = _profile(adapter, chosen)
+    subject = _subject(adapter, model_path, device, reference, Policy(strict, timeout), profile)
+    results = [_run(subject, c) for c in (profile.checks() if chosen is None else chosen)]
     return [_expect(r, expected_failures or {}) for r in results]
 
 
-def _subject(adapter: Any, model_path: str | os.PathLike[str], device: str,
-             reference: bool, policy: Policy = DEFAULT_POLICY) -> Any:
-    from pytest_invarlock.hf_adapter import state
-    from pytest_invarlock.registry import instance_label
-    from pytest_invarlock.hf_adapter.planning import Case, Subject
-    from pytest_invarlock.verdicts import bounded
+def _profile(adapter: Any, checks: list[Check[Any]] | None) -> Profile[Any]:
+    """Return the profile of the checks, else the first whose protocol ``adapter`` implements."""
+    if checks:
+        return owner(checks)
+    for profile in profiles():
+        if all(hasattr(adapter, m) for m in profile.requirements.members):
+            return profile
+    return profiles()[0]
 
+
+def _subject(adapter: Any, model_path: str | os.PathLike[str], device: str,
+             reference: bool, policy: Policy = DEFAULT_POLICY,
+             profile: Profile[Any] | None = None) -> Subject[Any]:
+    """Load the subject through the same loader as the pytest path."""
+    from pytest_invarlock.registry import instance_label
+    from pytest_invarlock.subjects import load_subject
+
+    profile = profile or _profile(adapter, None)
     path = str(model_path)
-    label = Path(path).name
-    model = bounded(policy.load_timeout, lambda: adapter.load_model(path, device=device))
     selector = f"{type(adapter).__module__}:{type(adapter).__qualname__}"
-    name = instance_label(adapter)
-    ctx = CheckContext(adapter_name=name, model_label=label, model_path=path,
-                       device=device, reference=reference, selector=selector)
-    return Subject(Case(name, selector, label, path), adapter, model, ctx,
-                   state.capture(model), policy)
+    case = Case(profile.name, instance_label(adapter), selector, Path(path).name, path,
+                source="path")
+    return load_subject(profile, case, adapter, Env(device, Path.cwd(), reference), policy)
 
 
 def _expect(result: Result, expected: ExpectedFailures) -> Result:
@@ -76,11 +86,11 @@ def _expect(result: Result, expected: ExpectedFailures) -> Result:
     return Result(result.adapter, result.model, result.check, outcome, reason, result.level)
 
 
-_SUBJECTS: dict[tuple[int, str], Any] = {}
+_SUBJECTS: dict[tuple[int, str, bool], Subject[Any]] = {}
 
 
 def parametrize_with_checks(adapters: Sequence[Any], models: Sequence[str | os.PathLike[str]],
-                            *, checks: Iterable[Check] | None = None) -> Any:
+                            *, checks: Iterable[Check[Any]] | None = None) -> Any:
     """Return a ``pytest.mark.parametrize`` over (adapter, model, check) for your own tests.
 
     Use it with :func:`verify`, in the manner of scikit-learn's ``parametrize_with_checks``::
@@ -91,15 +101,16 @@ def parametrize_with_checks(adapters: Sequence[Any], models: Sequence[str | os.P
     """
     import pytest
 
-    chosen = list(all_checks() if checks is None else checks)
-    params = [(a, str(m), c) for a in adapters for m in models for c in chosen]
+    chosen = None if checks is None else list(checks)
+    params = [(a, str(m), c) for a in adapters for m in models
+              for c in (_profile(a, None).checks() if chosen is None else chosen)]
     from pytest_invarlock.registry import instance_label
 
     ids = [f"{instance_label(a)}-{Path(m).name}-{c.__name__}" for a, m, c in params]
     return pytest.mark.parametrize(("adapter", "model", "check"), params, ids=ids)
 
 
-def verify(adapter: Any, model: str | os.PathLike[str], check: Check, *,
+def verify(adapter: Any, model: str | os.PathLike[str], check: Check[Any], *,
            device: str = "cpu", strict: bool = False) -> None:
     """Run one check inside a pytest test; the model is loaded once per (adapter, model).
 
@@ -111,11 +122,11 @@ def verify(adapter: Any, model: str | os.PathLike[str], check: Check, *,
     key = (id(adapter), str(model), strict)
     if key not in _SUBJECTS:
         _SUBJECTS[key] = _subject(adapter, model, device, reference=False,
-                                  policy=Policy(strict=strict))
+                                  policy=Policy(strict=strict), profile=owner([check]))
     run_check(_SUBJECTS[key], check)
 
 
-def _run(subject: Any, check: Check) -> Result:
+def _run(subject: Subject[Any], check: Check[Any]) -> Result:
     verdict = judge(subject, check, subject.policy)
     return Result(subject.case.adapter, subject.case.model, check.__name__, verdict.outcome,
                   verdict.message, verdict.level)

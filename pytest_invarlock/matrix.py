@@ -20,9 +20,11 @@ TIERS = {
 TIER_RULES = [
     "published_basis: no check failed or errored, at least one passed, at least one model is a "
     "real checkpoint, and the lane results carry provenance",
-    "a real checkpoint: a model label that is not a bundled fixture, on a record that names the "
-    "model's family; records without a family are kept under family 'unknown' and never make "
-    "a lane's real_checkpoint true",
+    "a real checkpoint: a record whose source is a package or a path (never a bundled "
+    "fixture, however it was passed) and that names the model's family; records without a "
+    "family are kept under family 'unknown' and never make a lane's real_checkpoint true",
+    "a lane is the lane_id each record carries (its profile names it from the subject's "
+    "labels, the implementation and the runtime)",
     "supported_experimental: no check failed or errored and at least one passed, on fixtures",
     "community_experimental: anything else (failures, errors, or nothing run)",
     "only MUST checks decide the tier: a failed SHOULD check is a finding, listed under "
@@ -39,14 +41,19 @@ TIER_RULES = [
 ]
 LABELS = {"published_basis": "Published basis", "supported_experimental":
           "Supported (experimental)", "community_experimental": "Community (experimental)"}
-ROLE_ADAPTER = {"causal": "hf_causal", "mlm": "hf_mlm", "seq2seq": "hf_seq2seq",
-                "multimodal": "hf_multimodal"}
+#: where a checkpoint may come from; only these count as a real checkpoint
+REAL_SOURCES = ("package", "path")
 
 
-def lane_id(family: str, role: str, adapter: str, runtime: str) -> str:
-    """Return ``family-role-hf-runtime``, suffixed with the adapter when it is not the role's own."""
-    base = f"{family}-{role}-hf-{runtime}"
-    return base if ROLE_ADAPTER.get(role) == adapter else f"{base}-{adapter}"
+def lane_id(rec: dict[str, Any], runtime: str) -> str:
+    """Return the lane a record counts towards: the ``lane_id`` its profile gave it.
+
+    A record written before records carried one is placed by its labels and implementation.
+    """
+    given = rec.get("lane_id")
+    if given:
+        return str(given)
+    return f"{rec.get('family') or 'unknown'}-{rec.get('role') or 'unknown'}-{runtime}-{rec['adapter']}"
 
 
 def kind(rec: dict[str, Any]) -> str:
@@ -84,15 +91,12 @@ def _tier(status: str, real: bool, provenance: bool) -> str:
     return "published_basis" if real and provenance else "supported_experimental"
 
 
-PROVENANCE_PACKAGES = ("pytest-invarlock", "torch", "transformers", "safetensors")
-
-
-def build(results: list[tuple[str, dict[str, Any]]], fixtures: set[str]) -> dict[str, Any]:
+def build(results: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     """Merge ``(source, lane results)`` pairs into a support matrix; input order does not matter.
 
     A result file whose ``status`` is ``not_run`` adds no lane; it is listed under ``runs``.
     """
-    lanes: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    lanes: dict[tuple[str, str, str, str, str], dict[str, Any]] = {}
     runs: list[dict[str, Any]] = []
     declined: dict[tuple[str, ...], dict[str, Any]] = {}
     for source, payload in sorted(results, key=lambda item: (item[0], render(item[1]))):
@@ -104,15 +108,15 @@ def build(results: list[tuple[str, dict[str, Any]]], fixtures: set[str]) -> dict
         for rec in payload["records"]:
             if rec["adapter"] == "none":  # a model no adapter took: an error, not a lane
                 continue
-            key = (rec.get("family") or "unknown", rec.get("role") or "unknown", rec["adapter"],
-                   payload["lane"])
+            key = (lane_id(rec, payload["lane"]), rec.get("family") or "unknown",
+                   rec.get("role") or "unknown", rec["adapter"], payload["lane"])
             lane = lanes.setdefault(key, {"counts": Counter(), "kinds": Counter(), "models": set(),
                                           "real": set(), "failing": set(), "finding": set(),
                                           "unjudged": set(), "by_source": {}, "provenance": []})
             lane["counts"][rec["outcome"]] += 1
             lane["kinds"][kind(rec)] += 1
             lane["models"].add(rec["model"])
-            if rec.get("family") and rec["model"] not in fixtures:
+            if rec.get("family") and rec.get("source") in REAL_SOURCES:
                 lane["real"].add(rec["model"])
             lane["by_source"].setdefault(source, Counter())[kind(rec)] += 1
             if payload.get("provenance") not in lane["provenance"]:
@@ -141,8 +145,7 @@ def _run(source: str, payload: dict[str, Any]) -> dict[str, Any]:
     return {"source": source, "lane": payload["lane"], "status": status,
             "reason": payload.get("reason") if status == "not_run" else None,
             "device": _device(prov), "python": prov.get("python"),
-            "packages": {name: packages.get(name) for name in PROVENANCE_PACKAGES},
-            "commit": prov.get("commit")}
+            "packages": dict(sorted(packages.items())), "commit": prov.get("commit")}
 
 
 def _declined(payload: dict[str, Any]) -> list[dict[str, Any]]:
@@ -158,30 +161,30 @@ def _declined_key(item: dict[str, Any]) -> tuple[str, ...]:
             item["role"] or "", item["reason"])
 
 
-def _conflicts(key: tuple[str, str, str, str], lane: dict[str, Any]) -> list[str]:
+def _conflicts(key: tuple[str, str, str, str, str], lane: dict[str, Any]) -> list[str]:
     verdicts = {src: _status(counts) for src, counts in sorted(lane["by_source"].items())}
     if {"passing", "failing"} <= set(verdicts.values()):
         said = ", ".join(f"{v} in {src}" for src, v in verdicts.items())
-        return [f"{lane_id(*key)}: {said}; rule: a failure anywhere makes the lane failing"]
+        return [f"{key[0]}: {said}; rule: a failure anywhere makes the lane failing"]
     return []
 
 
 def _provenance(provenances: list[dict[str, Any] | None]) -> dict[str, Any]:
     runs = [r for r in provenances if r]
-    packages = {name: sorted({str(r["packages"].get(name)) for r in runs})
-                for name in PROVENANCE_PACKAGES}
+    names = sorted({name for r in runs for name in r.get("packages") or {}})
+    packages = {name: sorted({str(r["packages"].get(name)) for r in runs}) for name in names}
     devices = sorted({_device(r) for r in runs})
     return {"python": sorted({r["python"] for r in runs}), "packages": packages,
             "devices": devices, "commits": sorted({r["commit"] for r in runs if r.get("commit")})}
 
 
-def _entry(key: tuple[str, str, str, str], lane: dict[str, Any]) -> dict[str, Any]:
-    family, role, adapter, runtime = key
+def _entry(key: tuple[str, str, str, str, str], lane: dict[str, Any]) -> dict[str, Any]:
+    lane_name, family, role, adapter, runtime = key
     real = bool(lane["real"])
     status = _status(lane["kinds"])
     tier = _tier(status, real, all(lane["provenance"]))
     return {
-        "lane_id": lane_id(family, role, adapter, runtime), "family": family, "role": role,
+        "lane_id": lane_name, "family": family, "role": role,
         "runtime": runtime, "adapter": adapter, "support_tier": tier, "evidence_status": status,
         "conformance": _conformance(lane["kinds"]),
         "docs_label": LABELS[tier], "provenance_source": ", ".join(sorted(lane["by_source"])),
@@ -264,7 +267,6 @@ def render(matrix: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Merge lane result files into the support matrix, or check the committed one is current."""
-    from pytest_invarlock.hf_adapter.fixtures import catalog
     from pytest_invarlock.resources import validate
 
     parser = argparse.ArgumentParser(prog="python -m pytest_invarlock.matrix",
@@ -284,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path}: not valid lane results: {'; '.join(errors[:3])}", file=sys.stderr)
             return 2
         results.setdefault(source_name(path), payload)  # one file named twice counts once
-    matrix = build(sorted(results.items()), set(catalog()))
+    matrix = build(sorted(results.items()))
     for conflict in matrix["conflicts"]:
         print(f"conflict: {conflict}", file=sys.stderr)
     outputs = {args.output: render(matrix)}

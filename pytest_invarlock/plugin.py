@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import pytest
 
 from pytest_invarlock.lanes import AUTO, LANES, Lane, choose, unavailable
 from pytest_invarlock.records import PROPERTY, VERDICT, Collector, Record, write_report
-from pytest_invarlock.registry import AdapterError, Discovery, discover
+from pytest_invarlock.registry import AdapterError, AdapterSpec, Discovery, discover
 from pytest_invarlock.verdicts import DEFAULT_TIMEOUT
+
+if TYPE_CHECKING:
+    from pytest_invarlock.profile import Case, Plan, Profile, Subject
+    from pytest_invarlock.subjects import Subjects
 
 MARKER = "invarlock"
 LANES_MARKER = "invarlock_lanes"
@@ -25,7 +29,7 @@ CASE_PARAM = "invarlock_case"
 
 
 class InvarlockRun:
-    """Per-process state of a conformance run: lane, discovery, cases, loaded subjects, records."""
+    """Per-process state of a conformance run: lane, profiles, plans, loaded subjects, records."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
@@ -41,56 +45,115 @@ class InvarlockRun:
         self.policy = Policy(strict=bool(config.getoption("invarlock_strict")),
                              timeout=float(config.getoption("invarlock_timeout")))
         self.collector = Collector()
-        self._discovery: Discovery | None = None
-        self._subjects: Any = None
-        self._cases: list[Any] | None = None
-        #: under xdist, the adapters and declined models a worker planned (the controller plans nothing)
-        self._worker_rows: list[dict[str, Any]] | None = None
-        self._worker_not_run: str | None = None
-        #: case id -> nodeid of the test that reported the case's load error
+        self._discoveries: dict[str, Discovery] = {}
+        self._subjects: Subjects | None = None
+        self._plans: dict[str, Plan] = {}
+        self._routes: dict[str, str] = {}
+        #: case id -> nodeid of the test that reported the case's load error / its decline
         self._load_errors: dict[str, str] = {}
-        self._case_by_nodeid: dict[str, Any] = {}
+        self._declined: dict[str, str] = {}
+        self._case_by_nodeid: dict[str, Case] = {}
         self._progress_case: str | None = None
-        #: why this lane has nothing to run here (no adapter of its kind), once planned
-        self.not_run: str | None = None
+        #: profiles whose tests a worker collected (the controller under xdist collects none)
+        self._worker_profiles: set[str] = set()
+
+    # ------------------------------------------------------------------ profiles and plans
 
     @property
-    def discovery(self) -> Discovery:
-        """Return the registered adapters (looked up on first use)."""
-        if self._discovery is None:
-            self._discovery = discover()
-        return self._discovery
+    def profiles(self) -> tuple[Profile[Any], ...]:
+        """Return the built-in and registered profiles."""
+        from pytest_invarlock.profile import profiles
+
+        return profiles()
+
+    def profile(self, name: str) -> Profile[Any]:
+        """Return the profile called ``name``."""
+        from pytest_invarlock.profile import by_name
+
+        return by_name(name)
+
+    def discovery(self, profile: Profile[Any]) -> Discovery:
+        """Return a profile's registered implementations (looked up on first use)."""
+        if profile.name not in self._discoveries:
+            self._discoveries[profile.name] = discover(profile.requirements)
+        return self._discoveries[profile.name]
 
     @property
-    def subjects(self) -> Any:
-        """Return the process-wide loader of (adapter, model) pairs."""
+    def subjects(self) -> Subjects:
+        """Return the process-wide loader of (implementation, subject) pairs."""
         if self._subjects is None:
-            from pytest_invarlock.hf_adapter.planning import Subjects
+            from pytest_invarlock.subjects import Subjects
 
-            self._subjects = Subjects(self.lane, self.discovery, self.policy)
+            self._subjects = Subjects(self.lane, self.policy)
         return self._subjects
 
-    def cases(self) -> list[Any]:
-        """Return the cases of this run, planned once per process."""
-        if self._cases is None:
-            self._cases = self._plan()
-        return self._cases
+    def route(self, selector: str) -> Profile[Any]:
+        """Return the profile a selector belongs to.
 
-    def _plan(self) -> list[Any]:
-        from pytest_invarlock.hf_adapter.planning import Case
+        The profile it is registered under, or whose protocol its class implements (the first
+        profile's error when none claims it).
+        """
+        if selector not in self._routes:
+            self._routes[selector] = self._route(selector).name
+        return self.profile(self._routes[selector])
 
-        cases: list[Any] = self.subjects.plan(self.selectors, self.models)
-        if not cases:
-            names = ", ".join(sorted(self.discovery.adapters)) or "no adapter"
-            self.not_run = NO_CASE.format(lane=self.lane.id, names=names)
-            cases = [Case("none", "none", "none", None, skip=self.not_run)]
-        return cases
+    def _route(self, selector: str) -> Profile[Any]:
+        from pytest_invarlock.registry import resolve
+
+        first: AdapterError | None = None
+        for profile in self.profiles:
+            try:
+                spec = resolve(selector, self.discovery(profile))
+                if spec.origin == "path":
+                    spec.check_class()
+                return profile
+            except AdapterError as exc:
+                first = first or exc
+        assert first is not None
+        raise first
+
+    def spec(self, case: Case) -> AdapterSpec:
+        """Return the implementation spec a case was planned from."""
+        from pytest_invarlock.registry import resolve
+
+        return resolve(case.selector, self.discovery(self.profile(case.profile)))
+
+    def plan(self, profile: Profile[Any]) -> Plan:
+        """Return a profile's plan for this run (made once per process; loads nothing)."""
+        if profile.name not in self._plans:
+            from pytest_invarlock.profile import Case, Plan, PlanRequest
+
+            selectors = tuple(s for s in self.selectors if self.route(s).name == profile.name)
+            if (self.selectors and not selectors) or self.lane.id not in profile.lanes:
+                plan = Plan()
+            else:
+                plan = profile.plan(PlanRequest(self.lane, selectors, tuple(self.models),
+                                                self.discovery(profile)))
+            if not plan.cases:
+                names = ", ".join(sorted(self.discovery(profile).adapters)) or "no adapter"
+                why = (NO_CASE.format(lane=self.lane.id, names=names)
+                       if self.lane.id in profile.lanes else
+                       f"profile {profile.name} does not run in lane {self.lane.id} (its lanes: "
+                       f"{', '.join(profile.lanes)})")
+                plan.cases = [Case(profile.name, "none", "none", "none", None, skip=why)]
+            self._plans[profile.name] = plan
+        return self._plans[profile.name]
+
+    def not_run(self, names: set[str]) -> str | None:
+        """Return why this lane had nothing to run (no implementation of its kind), if so."""
+        plans = [self.plan(self.profile(n)) for n in sorted(names)]
+        reasons = [p.cases[0].skip for p in plans if [c.adapter for c in p.cases] == ["none"]]
+        return reasons[0] if plans and len(reasons) == len(plans) else None
+
+    # ------------------------------------------------------------------ session start
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         """Reject unusable selectors, missing models and bad manifests before collecting."""
+        from pytest_invarlock.registry import resolve
+
         try:
             for selector in self.selectors:
-                spec = self.subjects.spec(selector)
+                spec = resolve(selector, self.discovery(self.route(selector)))
                 if spec.origin == "path":  # a registered adapter's problem shows in its tests
                     spec.check_class()
                     spec.instantiate()
@@ -109,39 +172,51 @@ class InvarlockRun:
                 raise pytest.UsageError(str(exc)) from None
 
     def known_adapters(self) -> dict[str, str]:
-        """Return every adapter name a manifest may use, mapped to the label records carry."""
-        known = {label: label for label in self.discovery.adapters}
-        for specs in self.discovery.claims.values():
-            for spec in specs:
-                try:
-                    known.setdefault(spec.qualified, self.subjects.name(spec.qualified))
-                except AdapterError:
-                    continue
+        """Return every implementation name a manifest may use, mapped to the label records carry."""
+        from pytest_invarlock.registry import resolve
+
+        known: dict[str, str] = {}
+        for profile in self.profiles:
+            discovery = self.discovery(profile)
+            known.update({label: label for label in discovery.adapters})
+            for specs in discovery.claims.values():
+                for spec in specs:
+                    try:
+                        known.setdefault(spec.qualified, resolve(spec.qualified, discovery).label)
+                    except AdapterError:
+                        continue
         for selector in self.selectors:
-            known[selector] = self.subjects.name(selector)
+            known[selector] = resolve(selector, self.discovery(self.route(selector))).label
         return known
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         """Name the lane and the adapters once conformance tests are collected (none: silent)."""
         self._case_by_nodeid = {item.nodeid: case for item in session.items
                                 if (case := _case_of(item)) is not None}
+        self._worker_profiles = {case.profile for case in self._case_by_nodeid.values()}
         tr = session.config.pluginmanager.get_plugin("terminalreporter")
         if tr is not None and self._case_by_nodeid and not hasattr(self.config, "workerinput"):
-            for line in self.header_lines():
+            for line in self.header_lines(self._worker_profiles):
                 tr.write_line(line)
 
-    def header_lines(self) -> list[str]:
-        """Return the lane (and why it cannot run here) and every adapter with its source."""
+    def header_lines(self, names: set[str]) -> list[str]:
+        """Return the lane (and why it cannot run here) and every implementation with its source."""
         reason = unavailable(self.lane)
         lines = [f"invarlock: lane {self.lane.id} ({self.lane.description})"
                  + (f" - cannot run here: {reason}" if reason else "")]
-        lines += [f"invarlock: adapter {label} = {spec.target} ({spec.distribution} "
-                  f"{spec.version})" for label, spec in sorted(self.discovery.adapters.items())]
-        lines += [f"invarlock: problem: {p}" for p in self.discovery.problems.values()]
+        for profile in self.profiles:
+            if profile.name not in names:
+                continue
+            discovery = self.discovery(profile)
+            lines += [f"invarlock: adapter {label} = {spec.target} ({spec.distribution} "
+                      f"{spec.version})" for label, spec in sorted(discovery.adapters.items())]
+            lines += [f"invarlock: problem: {p}" for p in discovery.problems.values()]
         return lines
 
-    def subject(self, case: Any, nodeid: str) -> Any:
-        """Return the loaded subject of ``case``; its load error is reported by one test only."""
+    # ------------------------------------------------------------------ running a case
+
+    def subject(self, case: Case, nodeid: str) -> Subject[Any]:
+        """Return the loaded subject of ``case``; a load error or a decline is said by one test."""
         if case.skip:
             pytest.skip(case.skip)
         if case.error:
@@ -152,11 +227,29 @@ class InvarlockRun:
         if first is not None and first != nodeid:
             pytest.skip(f"not run: {case.adapter} on {case.model} did not load (the error is "
                         f"reported by {first})")
+        profile = self.profile(case.profile)
+        spec = self.spec(case)
+        problem = self.discovery(profile).problems.get(case.selector)
+        why: str | None = None
         try:
-            return self.subjects.load(case)
+            subject = self.subjects.load(profile, spec, problem, case)
+        except AdapterError as exc:
+            error = profile.load_error(case, exc)
         except (Exception, CallTimeout) as exc:
-            self._load_errors[case.id] = nodeid
-            error = self.subjects.load_error(case, exc)
+            error = profile.load_error(case, exc)
+            if not case.explicit:  # not asked to take this model: its failure is a decline
+                why = error.partition(": cannot load the model: ")[2] or error
+        else:
+            why = self.subjects.declined(profile, subject)
+            if why is None:
+                return subject
+        if why is not None:
+            first = self._declined.setdefault(case.id, nodeid)
+            if first != nodeid:
+                raise _DeclinedRepeat(f"not run: {case.adapter} declined {case.model} (said by "
+                                      f"{first})")
+            raise _Declined(f"{case.adapter} on {case.model}: declined: {why}")
+        self._load_errors[case.id] = nodeid
         _case_error(error)  # outside the handler: no chained traceback
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -188,47 +281,121 @@ class InvarlockRun:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        """Keep a worker's plan (adapters, declined models): the controller plans nothing."""
+        """Keep which profiles a worker ran: the controller collects nothing to know it."""
         output = getattr(node, "workeroutput", {})
-        if output.get("invarlock_adapters") is not None and self._worker_rows is None:
-            self._worker_rows = output["invarlock_adapters"]
-            self._worker_not_run = output.get("invarlock_not_run")
+        self._worker_profiles.update(output.get("invarlock_profiles", ()))
 
-    def rows(self) -> list[dict[str, Any]]:
-        """Return the adapters of this run: planned here, or by the workers under xdist."""
-        return self.adapter_rows() if self._cases else (self._worker_rows or [])
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        """Honour ``--dist loadgroup`` for conformance tests: one worker per (adapter, model).
+
+        pytest-xdist groups by a ``@group`` suffix it writes into node ids, which pytest 9 no
+        longer lets it write (pytest-dev/pytest-xdist#1386), so each case's tests would spread
+        over every worker and each worker would load every model. This scheduler groups a
+        conformance test by its case (read from the test id, ``[adapter-model-check_x]``) and
+        leaves every other test as ``loadgroup`` would.
+        """
+        if config.getoption("dist", None) != "loadgroup":
+            return None
+        from pytest_invarlock.xdist_scheduling import case_scheduler
+
+        return case_scheduler(config, log)
+
+    def records(self) -> list[Record]:
+        """Return the records of this run, in a stable order."""
+        return self.collector.sorted()
+
+    def rows(self, records: list[Record]) -> list[dict[str, Any]]:
+        """Return the implementations of this run with their origin and what they declined.
+
+        Built from the plans (which load nothing) and the records, so the controller of an
+        xdist run builds the same rows as a single process.
+        """
+        names = {r.profile for r in records if r.profile} | self._worker_profiles
+        runtime: dict[str, list[dict[str, Any]]] = {}
+        for r in records:
+            if r.outcome == "declined":
+                runtime.setdefault(r.adapter, []).append(
+                    {"model": r.model, "family": r.family, "role": r.role,
+                     "reason": r.message.partition(": declined: ")[2] or r.message})
+        rows = []
+        for profile in self.profiles:
+            if profile.name not in names:
+                continue
+            plan = self.plan(profile)
+            selectors = {c.adapter: c.selector for c in plan.cases}
+            for label in plan.declined:  # an adapter that took nothing is listed too
+                selectors.setdefault(label, plan.selectors[label])
+            selectors.pop("none", None)
+            for label, selector in sorted(selectors.items()):
+                from pytest_invarlock.registry import resolve
+
+                spec = resolve(selector, self.discovery(profile))
+                declined = [d.as_dict() for d in plan.declined.get(label, [])]
+                declined += runtime.get(label, [])
+                rows.append({"name": label, "label": label, "target": spec.target,
+                             "origin": spec.origin, "distribution": spec.distribution,
+                             "version": spec.version, "profile": profile.name,
+                             "declined": sorted(declined, key=lambda d: d["model"])})
+        return rows
+
+    def took_none(self, records: list[Record]) -> list[str]:
+        """Return an error per implementation named explicitly that declined every subject."""
+        from pytest_invarlock.profile import ALL_MODELS
+        from pytest_invarlock.registry import resolve
+
+        lines = []
+        for selector in dict.fromkeys(self.selectors):
+            label = resolve(selector, self.discovery(self.route(selector))).label
+            mine = [r for r in records if r.adapter == label]
+            if mine and all(r.outcome == "declined" for r in mine):
+                listed = "; ".join(r.message.partition(f"{label} on ")[2].replace(
+                    ": declined: ", ": ", 1) for r in mine)
+                lines.append(f"{label} on {ALL_MODELS}: took none of the {len(mine)} models it "
+                             f"was given: {listed}. Pass the models it is for with "
+                             "--invarlock-model, or make it accept them")
+        return lines
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         """Write the lane results file on the controller; remove the scratch directory."""
         workeroutput = getattr(session.config, "workeroutput", None)
+        if workeroutput is None and self.took_none(self.records()) and session.exitstatus == 0:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if workeroutput is not None:
-            workeroutput["invarlock_adapters"] = self.rows()
-            workeroutput["invarlock_not_run"] = self.not_run
-        elif self.report and (self.collector.records or self._cases):
-            reason = unavailable(self.lane) or self.not_run or self._worker_not_run
-            write_report(Path(self.report), self.lane.id, self.lane.device, self.rows(),
-                         [] if reason else self.collector.sorted(), not_run=reason)
+            workeroutput["invarlock_profiles"] = sorted(self._worker_profiles)
+        elif self.report and (self.collector.records or self._worker_profiles):
+            records = self.records()
+            names = {r.profile for r in records if r.profile} | self._worker_profiles
+            reason = unavailable(self.lane) or self.not_run(names)
+            packages = tuple(dict.fromkeys(
+                p for profile in self.profiles if profile.name in names for p in profile.packages))
+            write_report(Path(self.report), self.lane.id, self.lane.device, self.rows(records),
+                         [] if reason else [r for r in records if r.outcome != "declined"],
+                         not_run=reason, packages=packages)
         if self._subjects is not None:
             self._subjects.close()
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         """Print the check x adapter outcome matrix, expected failures and how to reproduce."""
-        records = self.collector.sorted()
-        if not records:
+        everything = self.records()
+        if not everything:
             return
+        records = [r for r in everything if r.outcome != "declined"]
         from pytest_invarlock.summary import legend_line, matrix_lines
 
         tr = terminalreporter
         tr.section(f"invarlock lane {self.lane.id}")
-        if self._cases is None:  # under xdist the controller collected nothing: say it here
-            for line in self.header_lines():
+        if not self._plans:  # under xdist the controller collected nothing: say it here
+            for line in self.header_lines({r.profile for r in everything if r.profile}):
                 tr.write_line(line)
         width = min(max(int(getattr(getattr(tr, "_tw", None), "fullwidth", 100)), 50), 100)
         for line in [*matrix_lines(records, width), legend_line(),
                      *verdict_lines(records, self.policy.strict)]:
             tr.write_line(line)
-        for line in declined_lines(self.rows()):
+        for line in declined_lines(self.rows(everything)):
             tr.write_line(line, yellow=True)
+        for line in self.took_none(everything):
+            tr.write_line(f"ERROR {line}", red=True)
         for r in records:
             if r.outcome == "finding":
                 tr.write_line(f"SHOULD {r.adapter} on {r.model}: {r.check}: "
@@ -264,25 +431,16 @@ class InvarlockRun:
                 + "".join(f" --invarlock-adapter={a}" for a in self.selectors)
                 + "".join(f" --invarlock-model={m}" for m in self.models))
 
-    def adapter_rows(self) -> list[dict[str, Any]]:
-        """Return the adapters of this run with their origin and the models they declined."""
-        selectors: dict[str, str] = {}
-        for case in self.cases():
-            selectors.setdefault(case.adapter, case.selector)
-        for label in self.subjects.declined:  # an adapter that took nothing is listed too
-            selectors.setdefault(label, self.subjects.selectors[label])
-        selectors.pop("none", None)
-        rows = []
-        for label, selector in sorted(selectors.items()):
-            spec = self.subjects.spec(selector)
-            declined = [d.as_dict() for d in self.subjects.declined.get(label, [])]
-            rows.append({"name": label, "label": label, "target": spec.target,
-                         "origin": spec.origin, "distribution": spec.distribution,
-                         "version": spec.version, "declined": declined})
-        return rows
+
+class _Declined(pytest.skip.Exception):  # type: ignore[name-defined,misc]
+    """The implementation declined the loaded subject: the one visible outcome of the pair."""
 
 
-def _case_error(message: str) -> None:
+class _DeclinedRepeat(pytest.skip.Exception):  # type: ignore[name-defined,misc]
+    """Another test of a declined pair: skipped, and no record (the decline is said once)."""
+
+
+def _case_error(message: str) -> NoReturn:
     """Fail a test because its (adapter, model) cannot run; no manifest entry can excuse it."""
     error = pytest.fail.Exception(message, pytrace=False)
     error.invarlock_case_error = True  # type: ignore[attr-defined]
@@ -304,7 +462,7 @@ def declined_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _case_of(item: pytest.Item) -> Any:
+def _case_of(item: pytest.Item) -> Case | None:
     """Return the case a conformance test runs on (None for any other test)."""
     return getattr(getattr(item, "callspec", None), "params", {}).get(CASE_PARAM)
 
@@ -313,8 +471,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     """Add the --invarlock-* options."""
     group = parser.getgroup("invarlock", "model adapter conformance (pytest-invarlock)")
     group.addoption("--invarlock-lane", choices=[*sorted(LANES), AUTO], default="cpu",
-                    help="lane to run: cpu (default), cuda, cpu-quant, cuda-quant, or auto "
-                         "(cuda when a CUDA device is usable, else cpu)")
+                    help="lane to run: " + ", ".join(
+                        f"{lane.id} ({lane.description})" for lane in LANES.values())
+                    + "; default cpu; or auto (cuda when a CUDA device is usable, else cpu)")
     group.addoption("--invarlock-adapter", action="append", metavar="NAME|DIST:NAME|module:Class",
                     help="adapter to verify (repeatable); a name several distributions register "
                          "needs its distribution, e.g. invarlock:hf_causal; default: every "
@@ -350,26 +509,34 @@ RUN = pytest.StashKey[InvarlockRun]()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrize tests marked ``invarlock(checks)`` over cases, then checks."""
+    """Parametrize tests marked ``invarlock(checks)`` over their profile's cases and checks.
+
+    The checks of a case are those its profile yields for the implementation, so a subject
+    never collects another protocol's skips.
+    """
     marker = metafunc.definition.get_closest_marker(MARKER)
     if marker is None:
         return
-    cases = metafunc.config.stash[RUN].cases()
-    # with `-n N --dist loadgroup`, each (adapter, model) loads on one worker only
+    from pytest_invarlock.profile import owner
+
+    run = metafunc.config.stash[RUN]
+    checks = list(marker.args[0])
+    cases = run.plan(owner(checks)).cases
+    # session-scoped, so pytest orders the tests of one case together across modules; with
+    # `-n N --dist loadgroup`, each (adapter, model) loads on one worker only
     params = [pytest.param(c, marks=pytest.mark.xdist_group(c.id), id=c.id) for c in cases]
     metafunc.parametrize(CASE_PARAM, params, indirect=True, scope="session")
-    checks = list(marker.args[0])
     metafunc.parametrize("invarlock_check", checks, ids=[c.__name__ for c in checks])
 
 
 @pytest.fixture(scope="session")
-def invarlock_case(request: pytest.FixtureRequest) -> Any:
+def invarlock_case(request: pytest.FixtureRequest) -> Case:
     """Return this test's (adapter, model) case; session-scoped, so tests group by case."""
-    return request.param
+    return cast("Case", request.param)
 
 
 @pytest.fixture
-def invarlock_subject(invarlock_case: Any, request: pytest.FixtureRequest) -> Any:
+def invarlock_subject(invarlock_case: Case, request: pytest.FixtureRequest) -> Subject[Any]:
     """Return the loaded (adapter, model) of this case; loaded once per process."""
     return request.config.stash[RUN].subject(invarlock_case, request.node.nodeid)
 
@@ -381,19 +548,46 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     said once, not once per check.
     """
     run = config.stash[RUN]
+    _drop_inapplicable(run, items)
     _deselect_other_lanes(config, items, run.lane.id)
     _deselect_repeats(config, items)
     for item in items:
         case, check = _case_of(item), getattr(getattr(item, "callspec", None), "params", {}).get(
             "invarlock_check")
         if case is not None and check is not None:
-            from pytest_invarlock.hf_adapter.checks import level_of
+            from pytest_invarlock.checking import level_of
 
+            profile = run.profile(case.profile)
             item.user_properties.append((PROPERTY, {
                 "adapter": case.adapter, "model": case.model, "check": check.__name__,
-                "family": case.family, "role": case.role, "level": level_of(check)}))
+                "family": case.family, "role": case.role, "level": level_of(check),
+                "profile": case.profile, "labels": dict(case.labels), "source": case.source,
+                "digest": case.digest, "lane_id": profile.lane_id(case, run.lane.id)}))
             if not (case.error or case.skip):
                 _expect(run, item, case, check.__name__)
+
+
+def _drop_inapplicable(run: InvarlockRun, items: list[pytest.Item]) -> None:
+    """Drop the (case, check) tests whose check the profile does not yield for the implementation.
+
+    In the manner of scikit-learn's ``_yield_*_checks``: a check that does not apply to an
+    implementation is never collected, rather than collected and skipped.
+    """
+    applies: dict[tuple[str, str], set[str]] = {}
+    kept = []
+    for item in items:
+        case = _case_of(item)
+        check = getattr(getattr(item, "callspec", None), "params", {}).get("invarlock_check")
+        if case is None or check is None or case.adapter == "none":
+            kept.append(item)
+            continue
+        key = (case.profile, case.id)
+        if key not in applies:
+            profile = run.profile(case.profile)
+            applies[key] = {c.__name__ for c in profile.yield_checks(case, profile.checks())}
+        if check.__name__ in applies[key]:
+            kept.append(item)
+    items[:] = kept
 
 
 def _deselect_repeats(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -423,6 +617,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     """
     report = yield
     excinfo = call.excinfo
+    if excinfo is not None and isinstance(excinfo.value, (_Declined, _DeclinedRepeat)):
+        drop = isinstance(excinfo.value, _DeclinedRepeat)
+        verdict = {"drop": True} if drop else {"outcome": "declined",
+                                               "message": str(excinfo.value.msg)}
+        report.user_properties = [*report.user_properties, (VERDICT, verdict)]
+        return report
     if excinfo is not None and getattr(excinfo.value, "invarlock_case_error", False):
         if hasattr(report, "wasxfail"):  # a manifest entry excuses a check, never a load error
             del report.wasxfail
@@ -462,7 +662,7 @@ def _deselect_other_lanes(config: pytest.Config, items: list[pytest.Item], lane:
         items[:] = [i for i in items if i not in outside]
 
 
-def _expect(run: InvarlockRun, item: pytest.Item, case: Any, check: str) -> None:
+def _expect(run: InvarlockRun, item: pytest.Item, case: Case, check: str) -> None:
     from pytest_invarlock.expectations import find
 
     entry = find(run.expected, case.adapter, case.model, check, run.lane.id)

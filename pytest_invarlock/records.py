@@ -8,7 +8,7 @@ import sys
 from dataclasses import asdict, dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -16,13 +16,13 @@ FORMAT = "invarlock-lane-results-v1"
 PROPERTY = "invarlock"
 #: The user property the plugin's report hook adds when an exception decides the outcome.
 VERDICT = "invarlock_verdict"
-PACKAGES = ("pytest-invarlock", "torch", "transformers", "safetensors", "accelerate", "pytest",
-            "pytest-xdist")
-_RANK = {"passed": 0, "skipped": 1, "unjudged": 1, "xfailed": 1, "finding": 2, "xpassed": 2,
+#: The packages every run's provenance names; each profile adds its own (``Profile.packages``).
+PACKAGES = ("pytest-invarlock", "pytest", "pytest-xdist")
+_RANK = {"passed": 0, "skipped": 1, "declined": 1, "unjudged": 1, "xfailed": 1, "finding": 2, "xpassed": 2,
          "failed": 3, "error": 4}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=True)
 class Record:
     """The verdict of one check for one adapter on one model.
 
@@ -40,13 +40,21 @@ class Record:
     role: str | None = None
     nodeid: str = ""
     level: str | None = None
+    #: the profile of the implementation, and the support-matrix lane the record counts towards
+    profile: str | None = None
+    lane_id: str | None = None
+    #: the subject's labels (family, role, quant method...) and where its checkpoint comes from:
+    #: ``fixture``, ``package`` or ``path``, with the checkpoint's content hash
+    labels: dict[str, str] | None = None
+    source: str | None = None
+    digest: str | None = None
 
 
 def identity(report: pytest.TestReport) -> dict[str, Any] | None:
     """Return the (adapter, model, check) a report is about, or None for other tests."""
     for key, value in report.user_properties:
         if key == PROPERTY:
-            return dict(value)
+            return dict(cast("dict[str, Any]", value))
     return _from_nodeid(report.nodeid)
 
 
@@ -72,16 +80,18 @@ def _from_nodeid(nodeid: str) -> dict[str, Any] | None:
 
 def _level(check: str) -> str | None:
     """Return the level of the check named ``check`` (None when the suite has no such check)."""
-    from pytest_invarlock.hf_adapter.checks import all_checks, level_of
+    from pytest_invarlock.checking import level_of
+    from pytest_invarlock.profile import profiles
 
-    return next((level_of(c) for c in all_checks() if c.__name__ == check), None)
+    return next((level_of(c) for p in profiles() for c in p.checks() if c.__name__ == check),
+                None)
 
 
 def verdict_of(report: pytest.TestReport) -> dict[str, Any]:
     """Return what the plugin's report hook decided for this report (empty when nothing)."""
     for key, value in report.user_properties:
         if key == VERDICT:
-            return dict(value)
+            return dict(cast("dict[str, Any]", value))
     return {}
 
 
@@ -134,6 +144,8 @@ class Collector:
         if ident is None or outcome is None:
             return
         verdict = verdict_of(report)
+        if verdict.get("drop"):  # another test of a declined pair: the decline is said once
+            return
         outcome = verdict.get("outcome", outcome)
         old = self.records.get(report.nodeid)
         if old and _RANK[old.outcome] >= _RANK[outcome]:
@@ -144,14 +156,27 @@ class Collector:
                                              nodeid=report.nodeid, **ident)
 
     def sorted(self) -> list[Record]:
-        """Return the records in a stable order."""
-        return sorted(self.records.values(), key=lambda r: (r.adapter, r.model, r.check, r.nodeid))
+        """Return the records in a stable order.
+
+        A pair declined at run time keeps one record, the ``declined`` one of its first test,
+        however the pair's tests were spread over workers.
+        """
+        records = sorted(self.records.values(), key=lambda r: (r.adapter, r.model, r.nodeid))
+        declined: dict[tuple[str, str], Record] = {}
+        for r in records:
+            if r.outcome == "declined":
+                declined.setdefault((r.adapter, r.model), r)
+        kept = [r for r in records if declined.get((r.adapter, r.model), r) is r]
+        return sorted(kept, key=lambda r: (r.adapter, r.model, r.check, r.nodeid))
 
 
-def provenance(device: str) -> dict[str, Any]:
-    """Return what was tested on: Python, platform, package versions and the device."""
-    packages = {}
-    for name in PACKAGES:
+def provenance(device: str, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Return what was tested on: Python, platform, package versions and the device.
+
+    ``extra`` are the profiles' packages (torch, transformers... for the HF adapter profile).
+    """
+    packages: dict[str, str | None] = {}
+    for name in dict.fromkeys((*PACKAGES, *extra)):
         try:
             packages[name] = version(name)
         except PackageNotFoundError:
@@ -185,14 +210,15 @@ def _device(lane_device: str) -> dict[str, Any]:
 
 
 def write_report(path: Path, lane: str, device: str, adapters: list[dict[str, Any]],
-                 records: list[Record], *, not_run: str | None = None) -> dict[str, Any]:
+                 records: list[Record], *, not_run: str | None = None,
+                 packages: tuple[str, ...] = ()) -> dict[str, Any]:
     """Write the lane results file (sorted keys, no timestamps) and return its content.
 
     A lane that could not run here (``not_run``: why) is written with status ``not_run`` and
     no records, so it can never be read as evidence.
     """
     payload = {"format_version": FORMAT, "lane": lane, "status": "not_run" if not_run else "ran",
-               "reason": not_run, "provenance": provenance(device), "adapters": adapters,
+               "reason": not_run, "provenance": provenance(device, packages), "adapters": adapters,
                "records": [] if not_run else [asdict(r) for r in records]}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")

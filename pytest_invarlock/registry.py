@@ -1,10 +1,9 @@
-"""Discover adapters: entry points, qualified ``DIST:NAME`` selectors and ``module:Class`` paths.
+"""Discover implementations: entry points, qualified ``DIST:NAME`` selectors, ``module:Class`` paths.
 
-The reference adapters register under this package's own entry-point group
-(:data:`OWN_GROUP`), never under InvarLock's ``invarlock.adapters``: a name registered there is
-what ``invarlock run`` loads, so claiming one would hijack InvarLock's registry. Both groups are
-read. A name claimed by one distribution keeps its plain name (``hf_causal``); a name claimed by
-several is only selectable qualified by its distribution (``invarlock:hf_causal``,
+What is discovered is a profile's: its :class:`Requirements` name the entry-point groups its
+implementations register under (its own group first) and the members they must have. A name
+claimed by one distribution keeps its plain name (``hf_causal``); a name claimed by several is
+only selectable qualified by its distribution (``invarlock:hf_causal``,
 ``pytest-invarlock:hf_causal``), and the plain name is a usage error naming every choice.
 """
 
@@ -14,21 +13,27 @@ import difflib
 import importlib
 import inspect
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from importlib.metadata import entry_points
 from typing import Any
 
-from pytest_invarlock.hf_adapter.protocol import CORE_MEMBERS, missing_members
-
-#: InvarLock's group: adapters written for InvarLock (its own, and its plugins).
-GROUP = "invarlock.adapters"
-#: This package's group: the reference adapters, and any adapter not meant for InvarLock's registry.
-OWN_GROUP = "pytest_invarlock.adapters"
-GROUPS = (OWN_GROUP, GROUP)
 BUILTIN_DIST = "pytest-invarlock"
-#: Methods the class must have: the protocol's (``name`` may be set by ``__init__``), and
-#: ``load_model``, which the conformance run uses to load every model under test.
-METHODS = (*(m for m in CORE_MEMBERS if m != "name"), "load_model")
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What a profile's implementations are: where they register and what they must have."""
+
+    #: the protocol's name, as messages spell it (``ModelAdapter``)
+    protocol: str
+    #: entry-point groups, the profile's own first
+    groups: tuple[str, ...]
+    #: members every instance must have
+    members: tuple[str, ...]
+    #: methods the class must have (the members that are methods, and what the run calls)
+    methods: tuple[str, ...]
+    #: why the methods beyond ``members`` are needed (appended to the error)
+    methods_why: str = ""
 
 
 class AdapterError(Exception):
@@ -54,6 +59,7 @@ class AdapterSpec:
     version: str | None = None
     group: str | None = None
     label: str = ""
+    requirements: Requirements | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.label:
@@ -88,19 +94,28 @@ class AdapterSpec:
                                "right") from exc
         return found
 
+    @property
+    def needs(self) -> Requirements:
+        """Return the requirements of the profile this implementation is checked against."""
+        if self.requirements is None:
+            raise AdapterError(f"{self._where()} belongs to no profile")
+        return self.requirements
+
     def check_class(self) -> Any:
-        """Return the class if it can be an adapter; else raise naming what is missing."""
+        """Return the class if it can be an implementation; else raise naming what is missing."""
+        needs = self.needs
         cls = self.load_class()
         if not inspect.isclass(cls):
             kind = "a module" if inspect.ismodule(cls) else f"a {type(cls).__name__}"
             raise AdapterError(f"{self._where()} is {kind}, not a class: name a class that "
-                               f"implements the ModelAdapter protocol ({', '.join(CORE_MEMBERS)})")
-        missing = [m for m in METHODS if not callable(getattr(cls, m, None))]
+                               f"implements the {needs.protocol} protocol "
+                               f"({', '.join(needs.members)})")
+        missing = [m for m in needs.methods if not callable(getattr(cls, m, None))]
         if missing:
-            raise AdapterError(f"{self._where()} is not a ModelAdapter: the class lacks the "
+            raise AdapterError(f"{self._where()} is not a {needs.protocol}: the class lacks the "
                                f"method{'s' * (len(missing) > 1)} {', '.join(missing)} (the "
-                               f"protocol: {', '.join(CORE_MEMBERS)}; the conformance run also "
-                               "loads models with load_model); implement them")
+                               f"protocol: {', '.join(needs.members)}{needs.methods_why}); "
+                               "implement them")
         return cls
 
     def instantiate(self) -> Any:
@@ -111,10 +126,12 @@ class AdapterSpec:
         except Exception as exc:
             raise AdapterError(f"{self._where()} cannot be instantiated with no arguments: "
                                f"{exc!r}; give every constructor argument a default") from exc
-        missing = missing_members(adapter, CORE_MEMBERS)
+        needs = self.needs
+        missing = [m for m in needs.members if not hasattr(adapter, m)]
         if missing:
-            raise AdapterError(f"{self._where()} lacks {', '.join(missing)} of the ModelAdapter "
-                               f"protocol ({', '.join(CORE_MEMBERS)}); implement them")
+            raise AdapterError(f"{self._where()} lacks {', '.join(missing)} of the "
+                               f"{needs.protocol} protocol ({', '.join(needs.members)}); "
+                               "implement them")
         return adapter
 
 
@@ -140,25 +157,33 @@ class Discovery:
     problems: dict[str, str]
     #: plain name -> every registration of it (several when distributions collide)
     claims: dict[str, tuple[AdapterSpec, ...]]
+    requirements: Requirements | None = None
 
 
-def _registrations() -> list[AdapterSpec]:
-    """Return every entry point of both groups, once per (distribution, name, target)."""
+def _registrations(needs: Requirements) -> list[AdapterSpec]:
+    """Return every entry point of the profile's groups, once per (distribution, name, target)."""
     found: list[AdapterSpec] = []
-    for group in GROUPS:
+    for group in needs.groups:
         for ep in entry_points(group=group):
             dist = ep.dist
             spec = AdapterSpec(ep.name, ep.value, dist.name if dist else "unknown",
-                               dist.version if dist else None, group)
+                               dist.version if dist else None, group, requirements=needs)
             if not any((s.qualified, s.target) == (spec.qualified, spec.target) for s in found):
                 found.append(spec)
     return found
 
 
-def discover() -> Discovery:
-    """Return the registered adapters; a name claimed by several distributions is qualified."""
+def discover(needs: Requirements | None = None) -> Discovery:
+    """Return a profile's registered implementations (default: the built-in HF adapter profile's).
+
+    A name claimed by several distributions is qualified.
+    """
+    if needs is None:
+        from pytest_invarlock.profile import profiles
+
+        needs = profiles()[0].requirements
     by_name: dict[str, list[AdapterSpec]] = {}
-    for spec in _registrations():
+    for spec in _registrations(needs):
         by_name.setdefault(spec.name, []).append(spec)
     adapters: dict[str, AdapterSpec] = {}
     problems: dict[str, str] = {}
@@ -176,7 +201,7 @@ def discover() -> Discovery:
                                    "register each name once")
                 continue
             adapters[label] = replace(spec, label=label)
-    return Discovery(adapters, problems, claims)
+    return Discovery(adapters, problems, claims, needs)
 
 
 def _importable(module: str) -> bool:
@@ -214,7 +239,8 @@ def resolve(selector: str, discovery: Discovery) -> AdapterSpec:
             raise AdapterError(f"--invarlock-adapter={selector}: distribution {dist!r} registers "
                                f"no adapter {name!r} (it registers: {listed}; is it "
                                f"installed?).{hint}")
-        return AdapterSpec(selector.rpartition(":")[2].rpartition(".")[2], selector)
+        return AdapterSpec(selector.rpartition(":")[2].rpartition(".")[2], selector,
+                           requirements=discovery.requirements)
     if selector in discovery.adapters:
         return discovery.adapters[selector]
     claimed = discovery.claims.get(selector, ())
@@ -224,7 +250,9 @@ def resolve(selector: str, discovery: Discovery) -> AdapterSpec:
     known = sorted(discovery.adapters)
     close = difflib.get_close_matches(selector, known, n=3)
     hint = f" Did you mean {' or '.join(close)}?" if close else ""
+    groups = " or ".join(repr(g) for g in (discovery.requirements.groups
+                                           if discovery.requirements else ()))
     raise AdapterError(f"--invarlock-adapter={selector}: no adapter of that name is registered "
-                       f"under the {OWN_GROUP!r} or {GROUP!r} entry-point groups (registered: "
+                       f"under the {groups} entry-point groups (registered: "
                        f"{', '.join(known) or 'none'}).{hint} Install its package or pass "
                        "module:Class.")

@@ -24,7 +24,8 @@ def load_json(*parts: str) -> Any:
 
 def schema(name: str) -> dict[str, Any]:
     """Return the JSON Schema ``contracts/schemas/<name>.schema.json``."""
-    return load_json("contracts", "schemas", f"{name}.schema.json")
+    found: dict[str, Any] = load_json("contracts", "schemas", f"{name}.schema.json")
+    return found
 
 
 @cache

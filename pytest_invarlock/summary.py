@@ -67,10 +67,13 @@ def legend_line() -> str:
 
 
 def check_order(names: Iterable[str]) -> list[str]:
-    """Return check names in suite order (``all_checks()``), unknown names last, alphabetically."""
-    from pytest_invarlock.hf_adapter.checks import all_checks
+    """Return check names in suite order (the profiles' ``checks()``), unknown names last."""
+    from pytest_invarlock.profile import profiles
 
-    order = {c.__name__: i for i, c in enumerate(all_checks())}
+    order: dict[str, int] = {}
+    for profile in profiles():
+        for c in profile.checks():
+            order.setdefault(c.__name__, len(order))
     return sorted(set(names), key=lambda c: (order.get(c, len(order)), c))
 
 

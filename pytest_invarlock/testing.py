@@ -8,12 +8,13 @@ pass carrying the finding (the record's outcome is ``finding``); a truth gap rai
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import pytest
 
-from pytest_invarlock.hf_adapter.checks import Check
+from pytest_invarlock.checking import Check
 from pytest_invarlock.errors import InvarlockNote
-from pytest_invarlock.hf_adapter.planning import Subject
+from pytest_invarlock.profile import Subject
 from pytest_invarlock.verdicts import judge
 
 
@@ -29,7 +30,7 @@ class SuiteCannotJudge(pytest.skip.Exception):  # type: ignore[name-defined,misc
     """The suite has no truth for this model: its own gap, never the adapter's failure."""
 
 
-def run_check(subject: Subject, check: Check) -> None:
+def run_check(subject: Subject[Any], check: Check[Any]) -> None:
     """Run ``check`` on ``subject``; fail with the adapter, model and fix, or skip with why."""
     where = f"{subject.case.adapter} on {subject.case.model}: {check.__name__}"
     verdict = judge(subject, check, subject.policy)

@@ -28,9 +28,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from pytest_invarlock.hf_adapter.checks import MUST, Check, level_of
+from pytest_invarlock.checking import MUST, Check, level_of
 from pytest_invarlock.errors import (
     CallTimeout,
     CheckFailed,
@@ -40,7 +40,7 @@ from pytest_invarlock.errors import (
 )
 
 if TYPE_CHECKING:
-    from pytest_invarlock.hf_adapter.planning import Subject
+    from pytest_invarlock.profile import Subject
 
 #: Default bound, in seconds, on one check (or one model load) of one subject.
 DEFAULT_TIMEOUT = 300.0
@@ -77,7 +77,7 @@ class Verdict:
     exception: BaseException | None = None
 
 
-def judge(subject: Subject, check: Check, policy: Policy = DEFAULT_POLICY) -> Verdict:
+def judge(subject: Subject[Any], check: Check[Any], policy: Policy = DEFAULT_POLICY) -> Verdict:
     """Run ``check`` on ``subject`` (bounded by ``policy.timeout``) and return its verdict."""
     level = level_of(check)
     try:

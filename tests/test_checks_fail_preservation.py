@@ -7,11 +7,11 @@ import broken_preservation as broken
 import pytest
 import torch
 
-from pytest_invarlock.hf_adapter import fresh
 from pytest_invarlock.adapters.roles import HFCausalAdapter
 from pytest_invarlock.api import check_adapter
-from pytest_invarlock.hf_adapter.checks import CheckContext, preservation, values
 from pytest_invarlock.errors import CheckNotApplicable
+from pytest_invarlock.hf_adapter import fresh
+from pytest_invarlock.hf_adapter.checks import CheckContext, preservation, values
 
 CHECKS = [*values.CHECKS, *preservation.CHECKS]
 FRESH = values.check_snapshot_restores_in_a_fresh_process

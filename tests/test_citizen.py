@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from pytest_invarlock.hf_adapter.checks import describe, loading
-from pytest_invarlock.registry import GROUP, OWN_GROUP
+from pytest_invarlock.hf_adapter.protocol import GROUP, OWN_GROUP
 from pytest_invarlock.resources import validate
 
 CONFORMANCE = Path(__file__).parents[1] / "conformance"
@@ -206,7 +206,9 @@ def test_an_adapter_named_explicitly_that_takes_no_model_is_an_error_naming_each
     """))
     result = suite.runpytest_subprocess("conformance/test_loading.py",
                                         "--invarlock-adapter=picky:Picky", "-p", "no:randomly")
-    result.assert_outcomes(errors=1)
+    # it inherits hf_causal's declines_config() but decides can_handle() itself: planned on
+    # every model, each declined once at run time, and the run fails naming each
+    assert result.ret == 1
     text = result.stdout.str()
     assert "quantized = True" not in text
     result.stdout.fnmatch_lines(["*picky:Picky on all-models: took none of the * models it was "
@@ -280,7 +282,7 @@ def test_declined_models_are_listed_in_the_summary_and_the_results(suite, worker
     taken = {r["model"] for r in payload["records"]}
     assert "gpt2" in declined and "bert" in declined and "t5" in taken
     assert not set(declined) & taken
-    assert declined["gpt2"]["reason"].startswith(("can_handle() returned", "load_model raised"))
+    assert declined["gpt2"]["reason"].startswith(("can_handle() ", "load_model "))
     result.stdout.fnmatch_lines([f"*invarlock: hf_seq2seq declined {len(declined)} models:*"])
     assert len(payload["records"]) == len(taken) * len(loading.CHECKS)
 

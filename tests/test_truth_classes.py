@@ -17,10 +17,10 @@ import transformers
 from torch import nn
 from transformers.models.auto import modeling_auto
 
-from pytest_invarlock.hf_adapter import truth
 from pytest_invarlock.adapters import auto, roles
-from pytest_invarlock.hf_adapter.checks import CheckContext, describe
 from pytest_invarlock.errors import CheckNotApplicable, TruthUnavailable
+from pytest_invarlock.hf_adapter import truth
+from pytest_invarlock.hf_adapter.checks import CheckContext, describe
 from pytest_invarlock.hf_adapter.fixtures import catalog
 
 transformers.logging.set_verbosity_error()  # BertLMHeadModel without is_decoder warns on build

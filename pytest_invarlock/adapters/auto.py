@@ -135,6 +135,14 @@ class HFAutoAdapter:
         """Return the concrete adapter for ``model``."""
         return concrete(select_for_model(model))
 
+    @classmethod
+    def declines_config(cls, config: Any) -> str | None:
+        """Return why no adapter hf_auto selects takes a checkpoint, from its config alone."""
+        try:
+            return concrete(select_for_config(config)).declines_config(config)
+        except AdapterUnavailable as exc:
+            return str(exc)
+
     def can_handle(self, model: Any) -> bool:
         """Return whether the adapter selected for ``model`` handles it."""
         if not isinstance(model, nn.Module) or getattr(model, "config", None) is None:

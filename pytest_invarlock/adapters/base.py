@@ -58,7 +58,7 @@ class HFAdapterBase:
         import transformers
 
         model_id = str(Path(model_id)) if isinstance(model_id, os.PathLike) else model_id
-        model = getattr(transformers, auto_class).from_pretrained(
+        model: nn.Module = getattr(transformers, auto_class).from_pretrained(
             model_id, **local_only(model_id, hf_kwargs))
         if hf_kwargs.get("device_map") is None:
             model = model.to(resolve_device(device))

@@ -31,6 +31,34 @@ class HFRoleAdapter(HFAdapterBase):
 
         return contract().get(self.name)
 
+    @classmethod
+    def declines_config(cls, config: Any) -> str | None:
+        """Return why this adapter does not take a checkpoint, from its config alone (None: it does).
+
+        Decided without loading anything: the class :meth:`load_model` would build (from
+        transformers' auto mapping), then the rules of :meth:`can_handle` applied to the config
+        that class would carry. The conformance run plans no case for a declined checkpoint.
+        """
+        family = getattr(config, "model_type", None)
+        if cls.families and family not in cls.families:
+            return f"{cls.name} takes only model_type {', '.join(sorted(cls.families))}"
+        built = built_class(cls._loader(config), family)
+        if built is None:
+            return (f"load_model would fail: transformers.{cls._loader(config)} has no class "
+                    f"for model_type {family!r}")
+        if not cls._accepts_built(built, _Config(config, built)):
+            return f"can_handle() is False for the {built} load_model builds"
+        return None
+
+    @classmethod
+    def _loader(cls, config: Any) -> str:
+        """Return the transformers Auto class :meth:`load_model` uses for ``config``."""
+        return cls.auto_class
+
+    @classmethod
+    def _accepts_built(cls, built: str, config: Any) -> bool:
+        return built.endswith(cls.suffixes)
+
     def can_handle(self, model: Any) -> bool:
         """Return whether ``model`` is a transformers model of this role (and family)."""
         config = getattr(model, "config", None)
@@ -41,7 +69,7 @@ class HFRoleAdapter(HFAdapterBase):
         return self._accepts(model, config)
 
     def _accepts(self, model: nn.Module, config: Any) -> bool:
-        return type(model).__name__.endswith(self.suffixes)
+        return self._accepts_built(type(model).__name__, config)
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
         """Describe layers, heads, MLP widths, ties and architecture from modules and config."""
@@ -56,7 +84,7 @@ class HFRoleAdapter(HFAdapterBase):
         desc: dict[str, Any] = {
             "n_layer": len(heads), "heads_per_layer": heads, "mlp_dims": mlp,
             "tying": structure.tying(model),
-            "model_type": str(model.config.model_type),
+            "model_type": structure.model_type_of(model),
             "model_class": type(model).__name__,
             "total_params": sum(p.numel() for p in model.parameters()),
             "device": str(next(model.parameters()).device),
@@ -124,12 +152,16 @@ class HFCausalAdapter(HFRoleAdapter):
         config says ``is_decoder`` (BartForCausalLM sets it; a BERT head without it attends
         bidirectionally) and it is not an encoder-decoder.
         """
+        return self._accepts_built(type(model).__name__, config)
+
+    @classmethod
+    def _accepts_built(cls, built: str, config: Any) -> bool:
         if getattr(config, "is_encoder_decoder", False):
             return False
         family = getattr(config, "model_type", None)
         if family in MLM_FAMILIES | SEQ2SEQ_FAMILIES and not getattr(config, "is_decoder", False):
             return False
-        return super()._accepts(model, config)
+        return built.endswith(cls.suffixes)
 
 
 class HFGPT2Adapter(HFCausalAdapter):
@@ -154,8 +186,16 @@ class HFMLMAdapter(HFRoleAdapter):
     attention: ClassVar[str] = "bidirectional"
     families: ClassVar[frozenset[str]] = MLM_FAMILIES
 
-    def _accepts(self, model: nn.Module, config: Any) -> bool:
+    @classmethod
+    def _accepts_built(cls, built: str, config: Any) -> bool:
         return not getattr(config, "is_encoder_decoder", False)
+
+    @classmethod
+    def _loader(cls, config: Any) -> str:
+        heads = [a for a in (getattr(config, "architectures", None) or [])
+                 if a.endswith("ForMaskedLM")]
+        return "AutoModelForMaskedLM" if heads or not getattr(config, "architectures",
+                                                               None) else "AutoModel"
 
     def load_model(self, model_id: Any, device: str = "auto", **hf_kwargs: Any) -> nn.Module:
         """Load with AutoModelForMaskedLM, or AutoModel when config.architectures has no MLM head."""
@@ -185,7 +225,8 @@ class HFSeq2SeqAdapter(HFRoleAdapter):
     auto_class: ClassVar[str] = "AutoModelForSeq2SeqLM"
     attention: ClassVar[str] = "encoder-decoder"
 
-    def _accepts(self, model: nn.Module, config: Any) -> bool:
+    @classmethod
+    def _accepts_built(cls, built: str, config: Any) -> bool:
         return bool(getattr(config, "is_encoder_decoder", False)) and not hasattr(
             config, "vision_config")
 
@@ -196,5 +237,41 @@ class HFMultimodalAdapter(HFRoleAdapter):
     name: ClassVar[str] = "hf_multimodal"
     auto_class: ClassVar[str] = "AutoModelForImageTextToText"
 
-    def _accepts(self, model: nn.Module, config: Any) -> bool:
+    @classmethod
+    def _accepts_built(cls, built: str, config: Any) -> bool:
         return getattr(config, "vision_config", None) is not None
+
+
+#: transformers Auto class -> its mapping of model_type to class name (read, never imported).
+_MAPPINGS = {"AutoModelForCausalLM": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+             "AutoModelForMaskedLM": "MODEL_FOR_MASKED_LM_MAPPING_NAMES",
+             "AutoModel": "MODEL_MAPPING_NAMES",
+             "AutoModelForSeq2SeqLM": "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
+             "AutoModelForImageTextToText": "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"}
+
+
+def built_class(auto_class: str, model_type: Any) -> str | None:
+    """Return the name of the class ``transformers.<auto_class>`` builds for ``model_type``."""
+    from transformers.models.auto import modeling_auto
+
+    names = getattr(modeling_auto, _MAPPINGS[auto_class])
+    found = names.get(str(model_type))
+    return found if isinstance(found, str) else (found[0] if found else None)
+
+
+class _Config:
+    """The config a built class carries.
+
+    Decoder-only classes of encoder-decoder families (``BartForCausalLM``) build with
+    ``is_decoder=True, is_encoder_decoder=False``.
+    """
+
+    def __init__(self, config: Any, built: str) -> None:
+        self._config = config
+        self._decoder = (getattr(config, "model_type", None) in SEQ2SEQ_FAMILIES
+                         and built.endswith("ForCausalLM"))
+
+    def __getattr__(self, key: str) -> Any:
+        if self._decoder and key in ("is_decoder", "is_encoder_decoder"):
+            return key == "is_decoder"
+        return getattr(self._config, key)

@@ -185,11 +185,16 @@ def _byte_view(t: torch.Tensor) -> torch.Tensor:
     return flat.contiguous().view(torch.uint8)
 
 
+def _memory(t: torch.Tensor) -> memoryview:
+    """Return the memory of a contiguous CPU tensor as a memoryview (``memoryview(t.numpy())``)."""
+    return t.numpy().data
+
+
 def _raw_bytes(t: torch.Tensor) -> memoryview | None:
     """Return a writable byte view of a contiguous CPU tensor's memory, else None."""
     if t.device.type != "cpu" or not t.is_contiguous() or t.is_conj() or t.is_neg():
         return None
-    return memoryview(t.detach().reshape(-1).view(torch.uint8).numpy())
+    return _memory(t.detach().reshape(-1).view(torch.uint8))
 
 
 def _copy_into(dest: torch.Tensor, src: torch.Tensor | memoryview) -> None:
@@ -232,7 +237,7 @@ def snapshot_bytes(model: nn.Module) -> memoryview:
     header = _header_bytes(specs, _metadata(aliases, {s.name: blank for s in specs}))
     start = 8 + len(header)
     out = torch.empty(start + (specs[-1].end if specs else 0), dtype=torch.uint8)
-    view = memoryview(out.numpy())
+    view = _memory(out)
     digests: dict[str, str] = {}
     for s in specs:
         if s.nbytes:
@@ -250,7 +255,7 @@ def _metadata(aliases: dict[str, str], digests: dict[str, str]) -> dict[str, str
             CHECKSUM: json.dumps(digests, sort_keys=True)}
 
 
-def _parse_header(raw: bytes, total: int, where: str) -> tuple[dict[str, str], list[Spec], int]:
+def _parse_header(raw: bytes | memoryview, total: int, where: str) -> tuple[dict[str, str], list[Spec], int]:
     """Parse a safetensors header; return metadata, tensor specs and where the data begins."""
     if total < 8:
         raise SnapshotError(f"{where} is {total} bytes, too short to be a snapshot (truncated?)")
@@ -276,14 +281,14 @@ def _parse_header(raw: bytes, total: int, where: str) -> tuple[dict[str, str], l
 
 
 def _spec(name: str, entry: object, where: str) -> Spec:
-    ok = isinstance(entry, dict) and entry.get("dtype") in _DTYPES
-    shape, offsets = (entry.get("shape"), entry.get("data_offsets")) if ok else (None, None)
-    ok = ok and isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)
-    ok = ok and isinstance(offsets, list) and len(offsets) == 2
-    ok = ok and all(isinstance(o, int) for o in offsets)
-    if not ok:
+    fields: dict[str, object] = entry if isinstance(entry, dict) else {}
+    code, shape, offsets = fields.get("dtype"), fields.get("shape"), fields.get("data_offsets")
+    if not (isinstance(entry, dict) and code in _DTYPES
+            and isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)
+            and isinstance(offsets, list) and len(offsets) == 2
+            and all(isinstance(o, int) for o in offsets)):
         raise SnapshotError(f"{where}: header entry for {name!r} is malformed: {entry!r}")
-    dtype = _DTYPES[entry["dtype"]]
+    dtype = _DTYPES[code]
     spec = Spec(name, dtype, tuple(shape), offsets[0], offsets[1])
     numel = 1
     for d in spec.shape:
@@ -478,7 +483,7 @@ def _write_chunk(path: Path, group: list[Spec], tensors: dict[str, torch.Tensor]
             _write_all(f, memoryview(head))
             digest.update(head)
         for s in local:
-            data = memoryview(_byte_view(tensors[s.name]).numpy())
+            data = _memory(_byte_view(tensors[s.name]))
             for at in range(0, len(data), _HASH_BLOCK):
                 piece = data[at:at + _HASH_BLOCK]
                 digest.update(piece)  # brings the piece into the cache for the write below
@@ -543,10 +548,9 @@ def _read_manifest(root: Path) -> dict[str, Any]:
         manifest = json.loads(file.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SnapshotError(f"{file} is not valid JSON ({exc})") from None
-    ok = isinstance(manifest, dict) and manifest.get("format") == CHUNKED_FORMAT
-    ok = ok and isinstance(manifest.get("chunks"), list)
-    ok = ok and isinstance(manifest.get("aliases"), dict)
-    if not ok:
+    if not (isinstance(manifest, dict) and manifest.get("format") == CHUNKED_FORMAT
+            and isinstance(manifest.get("chunks"), list)
+            and isinstance(manifest.get("aliases"), dict)):
         raise SnapshotError(f"{file} is not an {CHUNKED_FORMAT!r} manifest; take snapshots with "
                             "snapshot_chunked()")
     files = [c.get("file") if isinstance(c, dict) else None for c in manifest["chunks"]]
@@ -661,7 +665,7 @@ def _read_into(chunk: _Chunk, spec: Spec, target: torch.Tensor, staging: _Stagin
         return
     direct = target.device.type == "cpu" and target.is_contiguous()
     dest = target.detach().view(-1).view(torch.uint8) if direct else staging.take(spec.nbytes)
-    if _pread_into(chunk.handle, memoryview(dest.numpy()), spec.begin) != spec.nbytes:
+    if _pread_into(chunk.handle, _memory(dest), spec.begin) != spec.nbytes:
         raise SnapshotError(f"chunk {chunk.file} was truncated in place after it was verified: "
                             f"tensor {spec.name!r} is short and the model is partly restored; "
                             "restore another snapshot or reload the model")

@@ -7,8 +7,9 @@ The conformance suite never uses this module: it derives its truth independently
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
+import torch
 from torch import nn
 
 Stack = tuple[str, nn.ModuleList]
@@ -27,8 +28,14 @@ INNER_MODELS = ("language_model",)
 
 def text_config(model: nn.Module) -> Any:
     """Return the language model's config (``get_text_config`` for multimodal models)."""
-    config = model.config
+    config: Any = model.config
     return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def model_type_of(model: nn.Module) -> str:
+    """Return the whole model's ``config.model_type`` (not the text config's)."""
+    config: Any = model.config
+    return str(config.model_type)
 
 
 def _module(model: nn.Module, path: str) -> nn.Module | None:
@@ -68,21 +75,26 @@ def stacks(model: nn.Module) -> list[Stack]:
                 return [(base + p, f) for p, f in zip(paths, lists, strict=True)]
         groups = _module(model, base + ALBERT_GROUPS)
         if isinstance(groups, nn.ModuleList):
-            shared = groups[0].albert_layers[0]
+            shared = cast(nn.ModuleList, groups[0].albert_layers)[0]
             count = text_config(model).num_hidden_layers
             return [(base + ALBERT_GROUPS, nn.ModuleList([shared] * count))]
     raise ValueError(f"{type(model).__name__}: no layer list at any known path")
 
 
 def _linear_out(module: nn.Module) -> int:
-    if hasattr(module, "out_features"):
-        return int(module.out_features)
-    return int(module.nf)  # transformers' Conv1D (GPT-2) keeps its output width in nf
+    found: Any = module  # widths are plain int attributes, read by name
+    if hasattr(found, "out_features"):
+        return int(found.out_features)
+    return int(found.nf)  # transformers' Conv1D (GPT-2) keeps its output width in nf
+
+
+def _expert_width(module: nn.Module) -> int:
+    return int(cast(torch.Tensor, module.gate_up_proj).shape[1]) // 2
 
 
 #: (module-name suffix, width reader) in priority order; fused experts come first.
 _MLP_READERS: tuple[tuple[str, Callable[[nn.Module], int]], ...] = (
-    ("experts", lambda m: int(m.gate_up_proj.shape[1]) // 2),
+    ("experts", _expert_width),
     ("gate_up_proj", lambda m: _linear_out(m) // 2),
     ("up_proj", _linear_out), ("c_fc", _linear_out), ("fc1", _linear_out),
     ("dense_h_to_4h", _linear_out), ("intermediate.dense", _linear_out), ("lin1", _linear_out),

@@ -72,7 +72,7 @@ def build_llama(layers: int, hidden: int, intermediate: int, vocab: int) -> Any:
         hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
         num_attention_heads=hidden // 64, num_key_value_heads=hidden // 256, vocab_size=vocab,
         max_position_embeddings=2048, tie_word_embeddings=False)
-    model = transformers.LlamaForCausalLM(config)
+    model: torch.nn.Module = transformers.LlamaForCausalLM(config)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():

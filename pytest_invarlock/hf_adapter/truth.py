@@ -301,6 +301,12 @@ def text_config(model: nn.Module) -> Config:
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
+def model_type_of(model: nn.Module) -> str:
+    """Return the whole model's ``config.model_type`` (not the text config's)."""
+    config: Config = model.config
+    return str(config.model_type)
+
+
 def rule_for(model_type: str) -> Rule:
     """Return the family rule for ``model_type`` or raise :class:`TruthUnavailable`."""
     try:
@@ -443,7 +449,7 @@ def derive(model: nn.Module) -> Truth:
         raise TruthUnavailable(f"the config of {type(model).__name__} gives no layers")
     layer_types, window = _layer_types(model, rule, config, present, len(heads))
     return Truth(
-        model_type=str(model.config.model_type),
+        model_type=model_type_of(model),
         model_class=type(model).__name__,
         device=str(next(model.parameters()).device),
         n_layer=len(heads), heads=heads, kv_heads=kv, head_dim=head_dims[0],
@@ -559,8 +565,9 @@ def _unique_numel(model: nn.Module) -> int:
 
 def _embedding_pair(model: nn.Module) -> tuple[str, str] | None:
     """Return the parameter names of the input embedding and the LM head, found by identity."""
+    hf: Any = model  # a transformers model has these methods; any other module raises below
     try:
-        inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+        inp, out = hf.get_input_embeddings(), hf.get_output_embeddings()
     except (AttributeError, NotImplementedError):
         return None
     if inp is None or out is None:

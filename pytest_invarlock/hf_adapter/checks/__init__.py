@@ -1,13 +1,8 @@
-"""The check library: pure functions ``check_<behaviour>(adapter, model, ctx)``.
+"""The HF adapter profile's check library: ``check_<behaviour>(adapter, model, ctx)`` functions.
 
-A check raises :class:`~pytest_invarlock.errors.CheckFailed` with a message naming the key at fault
-and the fix, raises :class:`~pytest_invarlock.errors.CheckNotApplicable` when it does not apply,
-and returns ``None`` when the adapter conforms. Checks never load the model under test, write
-reports or read the command line. A new adapter protocol is a new module listed in ``MODULES``.
-
-Every check carries a requirement level (RFC 2119): ``MUST`` checks a promise of the adapter
-protocol (a failure is a defect), ``SHOULD`` checks hardening beyond it (a failure is a finding,
-shown but not failing the run unless ``--invarlock-strict``).
+The check type, levels, context and problem lists are the core's
+(:mod:`pytest_invarlock.checking`), re-exported here for the check modules. ``MODULES`` lists
+the check modules in the order their checks run and are reported.
 """
 
 from __future__ import annotations
@@ -16,116 +11,41 @@ import importlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from pytest_invarlock.errors import CheckFailed
+from pytest_invarlock.checking import (
+    LEVELS,
+    MUST,
+    SHOULD,
+    SHOWN,
+    Check,
+    CheckContext,
+    Problems,
+    check,
+    level_of,
+    mutates,
+    summarize,
+)
 
-Check = Callable[[Any, Any, "CheckContext"], None]
-F = TypeVar("F", bound=Callable[..., None])
-
-MUST = "MUST"
-SHOULD = "SHOULD"
-LEVELS = (MUST, SHOULD)
+__all__ = ["LEVELS", "MODULES", "MUST", "SHOULD", "SHOWN", "Check", "CheckContext", "Problems",
+           "all_checks", "check", "discard_snapshot", "fresh_instance", "level_of",
+           "module_checks", "mutates", "summarize"]
 
 #: Check modules, in the order their checks run and are reported.
 MODULES: tuple[str, ...] = ("loading", "claims", "describe", "tying", "roundtrip", "values",
                             "preservation", "chunked", "rejection")
 
 
-@dataclass(frozen=True)
-class CheckContext:
-    """What a check may know besides the adapter and the model."""
-
-    adapter_name: str
-    model_label: str
-    model_path: str | None = None
-    device: str = "cpu"
-    workdir: Path = field(default_factory=Path.cwd)
-    #: A reference adapter of this package (it must declare its capabilities in the contract).
-    reference: bool = False
-    #: How the adapter was selected (``name`` or ``module:Class``): re-creates it elsewhere.
-    selector: str | None = None
-
-
-def check(*, level: str = MUST, mutates: bool = False, why: str = "") -> Callable[[F], F]:
-    """Mark a function as a check of ``level``; ``mutates`` says it changes the model.
-
-    ``why`` says why the level is what it is (shown in docs/checks.md).
-    """
-    if level not in LEVELS:
-        raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
-
-    def mark(func: F) -> F:
-        func.mutates = mutates  # type: ignore[attr-defined]
-        func.level = level  # type: ignore[attr-defined]
-        func.why = why  # type: ignore[attr-defined]
-        return func
-
-    return mark
-
-
-def module_checks(module_name: str) -> list[Check]:
+def module_checks(module_name: str) -> list[Check[Any]]:
     """Return the checks of one module of this package, in definition order."""
     module = importlib.import_module(f"{__name__}.{module_name}")
     return list(module.CHECKS)
 
 
-def all_checks() -> list[Check]:
+def all_checks() -> list[Check[Any]]:
     """Return every check of every module in ``MODULES``."""
     return [c for name in MODULES for c in module_checks(name)]
-
-
-def mutates(func: Check) -> bool:
-    """Return whether ``func`` changes the model it is given."""
-    return bool(getattr(func, "mutates", False))
-
-
-def level_of(func: Check) -> str:
-    """Return the requirement level of ``func`` (``MUST`` unless declared otherwise)."""
-    return str(getattr(func, "level", MUST))
-
-
-#: How many problems one failure message lists before it says "and N more".
-SHOWN = 8
-
-
-def summarize(problems: Iterable[str], limit: int = SHOWN, sep: str = "; ") -> str:
-    """Join problems into one readable paragraph: the first ``limit``, then how many more."""
-    items = list(problems)
-    more = f" (and {len(items) - limit} more)" if len(items) > limit else ""
-    return sep.join(items[:limit]) + more
-
-
-class Problems:
-    """Collect every problem a check finds, so one defect never hides another.
-
-    ``add`` records a problem; ``raise_if_any`` fails the check with all of them (counted, the
-    first :data:`SHOWN` listed) followed by the fix.
-    """
-
-    def __init__(self) -> None:
-        self.items: list[str] = []
-
-    def add(self, problem: str) -> None:
-        """Record one problem (a sentence naming the object at fault)."""
-        self.items.append(problem)
-
-    def __bool__(self) -> bool:
-        return bool(self.items)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def raise_if_any(self, fix: str = "") -> None:
-        """Raise :class:`CheckFailed` listing every problem, then ``fix``; do nothing if none."""
-        if not self.items:
-            return
-        lead = "" if len(self.items) == 1 else f"{len(self.items)} problems: "
-        tail = f". {fix}" if fix else ""
-        raise CheckFailed(f"{lead}{summarize(self.items)}{tail}")
 
 
 def discard_snapshot(path: str | os.PathLike[str]) -> None:

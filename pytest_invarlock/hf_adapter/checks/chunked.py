@@ -15,10 +15,10 @@ from typing import Any
 
 from torch import nn
 
+from pytest_invarlock.errors import CheckNotApplicable, ClaimNote
 from pytest_invarlock.hf_adapter import capabilities, state
 from pytest_invarlock.hf_adapter.checks import MUST, SHOULD, CheckContext, Problems, check, discard_snapshot
 from pytest_invarlock.hf_adapter.checks.roundtrip import roundtrip
-from pytest_invarlock.errors import CheckNotApplicable, ClaimNote
 
 PREFIX = "invarlock-check-"
 #: Keyword names that say "chunk size in bytes" (anything matching _SIZE_NAME also counts).

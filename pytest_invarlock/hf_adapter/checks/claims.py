@@ -8,9 +8,9 @@ from typing import Any
 
 from torch import nn
 
+from pytest_invarlock.errors import CheckFailed, CheckNotApplicable
 from pytest_invarlock.hf_adapter import capabilities
 from pytest_invarlock.hf_adapter.checks import CheckContext, Problems, check, summarize
-from pytest_invarlock.errors import CheckFailed, CheckNotApplicable
 
 CONTRACT = "contracts/adapter_capabilities.json"
 

@@ -7,9 +7,9 @@ from typing import Any
 
 from torch import nn
 
+from pytest_invarlock.errors import CheckFailed, CheckNotApplicable
 from pytest_invarlock.hf_adapter import truth as truth_mod
 from pytest_invarlock.hf_adapter.checks import SHOULD, CheckContext, Problems, check, summarize
-from pytest_invarlock.errors import CheckFailed, CheckNotApplicable
 from pytest_invarlock.resources import validate
 
 SCHEMA = "contracts/schemas/describe.schema.json"
@@ -165,7 +165,7 @@ def check_describe_experts(adapter: Any, model: nn.Module, ctx: CheckContext) ->
 def check_describe_layer_types(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
     """describe()['architecture'] layer_types and sliding_window, when present, are the model's."""
     desc, truth = _valid(adapter, model)
-    arch = desc.get("architecture") if isinstance(desc.get("architecture"), dict) else {}
+    arch = _architecture(desc)
     if "layer_types" not in arch and "sliding_window" not in arch:
         raise CheckNotApplicable("describe() reports no architecture.layer_types (optional)")
     if truth.layer_types is None:
@@ -185,6 +185,12 @@ def check_describe_layer_types(adapter: Any, model: nn.Module, ctx: CheckContext
                      f"the model's is {truth.sliding_window}")
     problems.raise_if_any("Read each attention module's sliding_window (or config.layer_types "
                           "where the modeling code honours it)")
+
+
+def _architecture(desc: dict[str, Any]) -> dict[str, Any]:
+    """Return describe()['architecture'], or {} when it is not an object."""
+    arch = desc.get("architecture")
+    return arch if isinstance(arch, dict) else {}
 
 
 def tied_groups(tying: dict[str, str]) -> set[frozenset[str]]:
@@ -280,7 +286,7 @@ def _identity_problems(desc: dict[str, Any], model: nn.Module, problems: Problem
     class of the language model inside it. Naming the language model's class with the whole
     model's model_type contradicts itself.
     """
-    whole, text = str(model.config.model_type), str(truth_mod.text_config(model).model_type)
+    whole, text = truth_mod.model_type_of(model), str(truth_mod.text_config(model).model_type)
     kind, cls = desc.get("model_type"), desc.get("model_class")
     if kind is not None and kind not in {whole, text}:
         problems.add(f"describe()['model_type'] is {kind!r}, expected "
@@ -335,7 +341,7 @@ def check_describe_reports_optional_metadata(adapter: Any, model: nn.Module,
     if truth.is_gqa and "gqa_config" not in desc:
         missing.append(f"gqa_config (the model has {truth.heads[0]} query heads and "
                        f"{truth.kv_heads[0]} K/V heads)")
-    arch = desc.get("architecture") if isinstance(desc.get("architecture"), dict) else {}
+    arch = _architecture(desc)
     if truth.experts is not None:
         missing += [f"architecture.{key} (the model has {want})" for key, want in (
             ("num_experts", truth.experts), ("num_experts_per_tok", truth.experts_per_token))

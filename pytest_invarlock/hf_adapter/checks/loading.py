@@ -17,10 +17,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from pytest_invarlock.hf_adapter import truth as truth_mod
-from pytest_invarlock.hf_adapter.checks import MUST, SHOULD, CheckContext, Problems, check, fresh_instance, summarize
-from pytest_invarlock.hf_adapter.checks.describe import tied_groups
 from pytest_invarlock.errors import CheckFailed, CheckNotApplicable, TruthUnavailable
+from pytest_invarlock.hf_adapter import truth as truth_mod
+from pytest_invarlock.hf_adapter.checks import (
+    MUST,
+    SHOULD,
+    CheckContext,
+    Problems,
+    check,
+    fresh_instance,
+    summarize,
+)
+from pytest_invarlock.hf_adapter.checks.describe import tied_groups
 
 ALLOW_ENV = "INVARLOCK_ALLOW_REMOTE_CODE"
 MARKER_ENV = "INVARLOCK_REMOTE_CODE_MARKER"
@@ -162,7 +170,8 @@ def check_can_handle_rejects_foreign_models(adapter: Any, model: nn.Module,
 def _load(adapter: Any, ctx: CheckContext, path: str | Path, **kwargs: Any) -> nn.Module:
     if not hasattr(adapter, "load_model"):
         raise CheckNotApplicable("adapter has no load_model()")
-    return adapter.load_model(str(path), device=ctx.device, **kwargs)
+    model: nn.Module = adapter.load_model(str(path), device=ctx.device, **kwargs)
+    return model
 
 
 @check(level=MUST, why="the protocol documents dtype; a model in another dtype is not the one "
@@ -219,7 +228,7 @@ def _subclasses(cls: type) -> list[type]:
     return found
 
 
-def _spied_classes() -> list[tuple[type, str]]:
+def _spied_classes() -> list[tuple[type[Any], str]]:
     """Return every loaded class that defines its own ``from_pretrained``, with its kind.
 
     The Auto classes each carry a copy of ``_BaseAutoModelClass.from_pretrained``; concrete model
@@ -231,7 +240,7 @@ def _spied_classes() -> list[tuple[type, str]]:
 
     roots = ((auto_factory._BaseAutoModelClass, "model"), (transformers.PreTrainedModel, "model"),
              (configuration_auto.AutoConfig, "config"), (transformers.PretrainedConfig, "config"))
-    seen: dict[type, str] = {}
+    seen: dict[type[Any], str] = {}
     for root, kind in roots:
         for cls in _subclasses(root):
             if "from_pretrained" in cls.__dict__:
@@ -244,7 +253,7 @@ def _spy_from_pretrained() -> Iterator[list[Call]]:
     """Record the keyword arguments of every outermost ``from_pretrained`` call while inside."""
     calls: list[Call] = []
     depth = [0]
-    originals: list[tuple[type, Any]] = []
+    originals: list[tuple[type[Any], Any]] = []
 
     def spy(func: Callable[..., Any], kind: str) -> Callable[..., Any]:
         @functools.wraps(func)

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from pytest_invarlock.errors import CheckNotApplicable
 from pytest_invarlock.hf_adapter import capabilities, state
 from pytest_invarlock.hf_adapter.checks import CheckContext, Problems, check, discard_snapshot, summarize
 from pytest_invarlock.hf_adapter.checks.values import baseline, cycle, not_judged, refused, snapshot_ways
-from pytest_invarlock.errors import CheckNotApplicable
 
 # --------------------------------------------------------------------------- a mixed model
 
@@ -151,7 +151,7 @@ def _reallocate(model: nn.Module) -> str:
     What ``model.to(...)`` does to a model that changes dtype or device, for every dtype (a
     float64 model's ``.to(torch.float64)`` would keep its storage) and at one copy's cost.
     """
-    model._apply(lambda t: t.clone())  # type: ignore[no-untyped-call]
+    model._apply(lambda t: t.clone())  # type: ignore[no-untyped-call]  # torch leaves it unannotated
     return "model._apply(lambda t: t.clone()) (what model.to() does to the storage)"
 
 

@@ -16,9 +16,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from pytest_invarlock.hf_adapter import capabilities, state
-from pytest_invarlock.hf_adapter.checks import SHOULD, CheckContext, Problems, check, discard_snapshot, summarize
 from pytest_invarlock.errors import CheckFailed, CheckNotApplicable
+from pytest_invarlock.hf_adapter import capabilities, state
+from pytest_invarlock.hf_adapter.checks import (
+    SHOULD,
+    CheckContext,
+    Problems,
+    check,
+    discard_snapshot,
+    summarize,
+)
 
 
 def refusal_problem(model: nn.Module, action: Callable[[], object], what: str) -> str | None:
@@ -62,6 +69,17 @@ def _refusals(model: nn.Module, cases: Iterable[tuple[str, Callable[[], object]]
         if problem:
             problems.add(problem)
     problems.raise_if_any(fix)
+
+
+def _restoring(adapter: Any, model: nn.Module, blob: object) -> Callable[[], object]:
+    """Return the action that restores ``blob`` into ``model``."""
+    return lambda: adapter.restore(model, blob)
+
+
+def _restoring_edit(adapter: Any, model: nn.Module, edit: Callable[[bytes, int], bytes],
+                    blob: bytes, at: int) -> Callable[[], object]:
+    """Return the action that restores ``edit(blob, at)`` into ``model`` (built when it runs)."""
+    return lambda: adapter.restore(model, edit(blob, at))
 
 
 def _take(adapter: Any, model: nn.Module) -> Any:
@@ -157,7 +175,7 @@ def check_restore_rejects_foreign_snapshot(adapter: Any, model: nn.Module,
     """restore() refuses a snapshot of another architecture, and of this one with another depth."""
     _take(adapter, model)
     blobs = [(label, adapter.snapshot(foreign)) for label, foreign in _foreign_models(model)]
-    _refusals(model, [(f"a snapshot of {label}", lambda blob=blob: adapter.restore(model, blob))
+    _refusals(model, [(f"a snapshot of {label}", _restoring(adapter, model, blob))
                       for label, blob in blobs],
               "Check that the snapshot's names, shapes and dtypes are exactly the model's before "
               "copying anything, and raise otherwise")
@@ -170,7 +188,7 @@ def check_restore_rejects_truncated_blob(adapter: Any, model: nn.Module,
     """restore() refuses a snapshot cut short anywhere (header, data, last byte)."""
     blob = bytes(_take(adapter, model))
     _refusals(model, [(f"a snapshot truncated to {cut} of {len(blob)} bytes",
-                       lambda cut=cut: adapter.restore(model, blob[:cut]))
+                       _restoring_edit(adapter, model, _truncated, blob, cut))
                       for cut in sorted({0, 4, len(blob) // 2, len(blob) - 1})])
 
 
@@ -209,6 +227,11 @@ _CLASSES = (b"0123456789", b"abcdef", b"ghijklmnopqrstuvwxyz", b"ABCDEF",
             b"GHIJKLMNOPQRSTUVWXYZ")
 
 
+def _truncated(data: bytes, cut: int) -> bytes:
+    """Return the first ``cut`` bytes of ``data``."""
+    return data[:cut]
+
+
 def _flipped(data: bytes, at: int) -> bytes:
     """Return ``data`` with the byte at ``at`` changed, keeping it in its character class."""
     bad = bytearray(data)
@@ -225,7 +248,7 @@ def check_restore_rejects_tampered_blob(adapter: Any, model: nn.Module,
     """restore() refuses a snapshot with one flipped byte inside a tensor's values."""
     blob = bytes(_take(adapter, model))
     _refusals(model, [(f"a snapshot with byte {at} of {len(blob)} changed ({where})",
-                       lambda at=at: adapter.restore(model, _flipped(blob, at)))
+                       _restoring_edit(adapter, model, _flipped, blob, at))
                       for at, where in _flips(blob, model)],
               "Store a checksum per tensor (or for the whole payload) and verify it before "
               "copying anything")
@@ -375,7 +398,7 @@ def check_restore_refuses_pickle(adapter: Any, model: nn.Module, ctx: CheckConte
                 problems.add(problem)
 
         for label, payload in pickle_payloads(marker).items():
-            judge(f"restore() of {label}", lambda payload=payload: adapter.restore(model, payload))
+            judge(f"restore() of {label}", _restoring(adapter, model, payload))
         if hasattr(adapter, "snapshot_chunked") and capabilities.snapshot_claim(adapter) == "full":
             with _chunked(adapter, model) as root:
                 chunk = _data_files(root)[0]

@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from pytest_invarlock.errors import CheckFailed, CheckNotApplicable, ClaimNote
 from pytest_invarlock.hf_adapter import capabilities, state
 from pytest_invarlock.hf_adapter.checks import CheckContext, check, discard_snapshot, summarize
-from pytest_invarlock.errors import CheckFailed, CheckNotApplicable, ClaimNote
 
 
 def _few(problems: list[str]) -> str:

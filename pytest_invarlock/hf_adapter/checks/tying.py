@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from pytest_invarlock.errors import CheckFailed, CheckNotApplicable
 from pytest_invarlock.hf_adapter import capabilities, state, truth
 from pytest_invarlock.hf_adapter.checks import CheckContext, check, summarize
-from pytest_invarlock.errors import CheckFailed, CheckNotApplicable
 
 
 def _shares(model: nn.Module, a: str, b: str) -> bool:

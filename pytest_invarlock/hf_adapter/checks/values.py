@@ -16,10 +16,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from pytest_invarlock.hf_adapter import capabilities, fresh, state
-from pytest_invarlock.hf_adapter.checks import CheckContext, Problems, check, discard_snapshot, fresh_instance, summarize
-from pytest_invarlock.hf_adapter.checks.roundtrip import _check_bytes_like, _clean_refusal
 from pytest_invarlock.errors import CheckFailed, CheckNotApplicable
+from pytest_invarlock.hf_adapter import capabilities, fresh, state
+from pytest_invarlock.hf_adapter.checks import (
+    CheckContext,
+    Problems,
+    check,
+    discard_snapshot,
+    fresh_instance,
+    summarize,
+)
+from pytest_invarlock.hf_adapter.checks.roundtrip import _check_bytes_like, _clean_refusal
 
 # --------------------------------------------------------------------------- shared helpers
 

@@ -1,0 +1,141 @@
+"""Planning loads nothing: cases come from config files, declarations and the fixture catalog."""
+
+import json
+import shutil
+import sys
+import textwrap
+
+import pytest
+
+from pytest_invarlock.hf_adapter.fixtures import catalog, fixture_path, package_path, packages
+from pytest_invarlock.registry import discover
+
+COUNTING = """
+    import os
+
+    from pytest_invarlock.adapters import auto, base
+
+
+    def _counted(load):
+        def load_model(self, *args, **kwargs):
+            with open(os.environ["LOADS_FILE"], "a") as out:
+                out.write(f"LINE\\n")
+            return load(self, *args, **kwargs)
+        return load_model
+
+
+    base.HFAdapterBase.load_model = _counted(base.HFAdapterBase.load_model)
+    auto.HFAutoAdapter.load_model = _counted(auto.HFAutoAdapter.load_model)
+"""
+
+
+def _bundled():
+    paths = {name: str(fixture_path(name)) for name in catalog()}
+    for p in packages().values():
+        if package_path(p):
+            paths[p.name] = str(package_path(p))
+    return paths
+
+
+@pytest.mark.parametrize("label", sorted(discover().adapters))
+def test_declared_declines_match_what_loading_finds(label):
+    """A reference adapter's declines_config() plans exactly the models load_model + can_handle take."""
+    import transformers
+
+    adapter = discover().adapters[label].instantiate()
+    wrong = []
+    for model, path in sorted(_bundled().items()):
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+        declared = type(adapter).declines_config(config)
+        try:
+            takes = adapter.can_handle(adapter.load_model(path, device="cpu")) is True
+        except Exception:
+            takes = False
+        if takes != (declared is None):
+            wrong.append(f"{model}: declines_config says {declared!r}, loading says {takes}")
+    assert not wrong, wrong
+
+
+def _counting(pytester, monkeypatch, line):
+    """Install a plugin counting every reference adapter's load_model calls into loads.txt."""
+    pytester.makepyfile(counting=textwrap.dedent(COUNTING).replace("LINE", line))
+    monkeypatch.setenv("PYTHONPATH", str(pytester.path))
+    loads = pytester.path / "loads.txt"
+    monkeypatch.setenv("LOADS_FILE", str(loads))
+    return loads
+
+
+def test_collect_only_loads_no_model(pytester, monkeypatch, suite_dir):
+    """`pytest conformance --collect-only --invarlock-lane=cpu` makes no load_model call."""
+    loads = _counting(pytester, monkeypatch, "{type(self).__name__}")
+    result = pytester.runpytest_subprocess(str(suite_dir), "--collect-only", "-q", "-p",
+                                           "counting", "--invarlock-lane=cpu", "-p",
+                                           "no:cacheprovider")
+    assert result.ret == 0, result.stdout.str()[-2000:]
+    collected = [line for line in result.outlines if "::" in line]
+    assert len(collected) > 1000
+    assert not loads.exists()
+    # the counter counts: running one case loads its model once
+    result = pytester.runpytest_subprocess(str(suite_dir / "test_tying.py"), "-p", "counting",
+                                           "--invarlock-adapter=hf_gpt2", "-p", "no:cacheprovider")
+    assert result.ret == 0, result.stdout.str()[-2000:]
+    assert loads.read_text().split() == ["HFGPT2Adapter"]
+
+
+def test_each_pair_loads_once_and_only_on_its_worker(pytester, monkeypatch, suite_dir):
+    """Under -n 2 --dist loadgroup every (adapter, model) loads on one worker, once."""
+    loads = _counting(pytester, monkeypatch,
+                      "{os.environ.get('PYTEST_XDIST_WORKER')} {type(self).__name__} {args[0]}")
+    result = pytester.runpytest_subprocess(
+        str(suite_dir), "-p", "counting", "-n", "2", "--dist", "loadgroup",
+        "--invarlock-adapter=hf_llama",
+        "-p", "no:cacheprovider", "-q")
+    assert result.ret == 0, result.stdout.str()[-2000:]
+    workers: dict[str, set[str]] = {}
+    for line in loads.read_text().splitlines():  # the checks' own fresh loads included
+        worker, _, model = line.split(" ", 2)
+        workers.setdefault(model, set()).add(worker)
+    fixtures = {m for m in workers if "/fixtures/" in m}
+    assert len(fixtures) == 5  # llama-gqa(-tied), mistral, qwen2-tied, qwen3
+    assert all(len(workers[m]) == 1 for m in fixtures), workers
+    assert set().union(*workers.values()) == {"gw0", "gw1"}
+
+
+def test_a_bundled_fixture_passed_by_path_never_earns_published_basis(pytester, tmp_path,
+                                                                       suite_dir):
+    from pytest_invarlock import matrix
+
+    copy = tmp_path / "elsewhere" / "my-gpt2"
+    shutil.copytree(fixture_path("gpt2"), copy)
+    reports = []
+    for i, model in enumerate([str(fixture_path("gpt2")), str(copy)]):
+        report = pytester.path / f"r{i}.json"
+        result = pytester.runpytest_subprocess(
+            str(suite_dir), f"--invarlock-model={model}", "--invarlock-adapter=hf_gpt2",
+            f"--invarlock-report={report}", "-p", "no:cacheprovider", "-q")
+        assert result.ret == 0, result.stdout.str()[-2000:]
+        reports.append((f"r{i}.json", json.loads(report.read_text())))
+    for (_, payload), label in zip(reports, [fixture_path("gpt2").name, "my-gpt2"], strict=True):
+        assert {(r["model"], r["source"], r["family"], r["role"], r["lane_id"])
+                for r in payload["records"]} == {
+            (label, "fixture", "gpt2", "causal", "gpt2-causal-hf-cpu-hf_gpt2")}
+    (lane,) = matrix.build(reports)["lanes"]
+    assert (lane["support_tier"], lane["evidence"]["real_checkpoint"]) == (
+        "supported_experimental", False)
+
+
+@pytest.fixture
+def suite_dir():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent.parent / "conformance"
+
+
+def test_the_plugin_module_imports_neither_torch_nor_transformers():
+    import subprocess
+
+    code = ("import sys, pytest_invarlock.plugin, pytest_invarlock.profile, "
+            "pytest_invarlock.hf_adapter, pytest_invarlock.matrix; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
