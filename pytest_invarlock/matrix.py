@@ -116,7 +116,8 @@ def build(results: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
             lane["counts"][rec["outcome"]] += 1
             lane["kinds"][kind(rec)] += 1
             lane["models"].add(rec["model"])
-            if rec.get("family") and rec.get("source") in REAL_SOURCES:
+            if (rec.get("family") and rec.get("source") in REAL_SOURCES
+                    and kind(rec) in ("passed", "finding")):
                 lane["real"].add(rec["model"])
             lane["by_source"].setdefault(source, Counter())[kind(rec)] += 1
             if payload.get("provenance") not in lane["provenance"]:

@@ -233,9 +233,9 @@ class InvarlockRun:
         why: str | None = None
         try:
             subject = self.subjects.load(profile, spec, problem, case)
-        except AdapterError as exc:
+        except (AdapterError, CallTimeout) as exc:  # unusable or hanging: always an error
             error = profile.load_error(case, exc)
-        except (Exception, CallTimeout) as exc:
+        except Exception as exc:
             error = profile.load_error(case, exc)
             if not case.explicit:  # not asked to take this model: its failure is a decline
                 why = error.partition(": cannot load the model: ")[2] or error
@@ -344,16 +344,25 @@ class InvarlockRun:
         from pytest_invarlock.profile import ALL_MODELS
         from pytest_invarlock.registry import resolve
 
+        ran = ("passed", "finding", "failed", "error", "xpassed", "xfailed", "unjudged")
         lines = []
         for selector in dict.fromkeys(self.selectors):
             label = resolve(selector, self.discovery(self.route(selector))).label
-            mine = [r for r in records if r.adapter == label]
-            if mine and all(r.outcome == "declined" for r in mine):
+            mine = [r for r in records if r.adapter == label and r.outcome == "declined"]
+            if mine and not any(r.adapter == label and r.outcome in ran for r in records):
                 listed = "; ".join(r.message.partition(f"{label} on ")[2].replace(
                     ": declined: ", ": ", 1) for r in mine)
                 lines.append(f"{label} on {ALL_MODELS}: took none of the {len(mine)} models it "
                              f"was given: {listed}. Pass the models it is for with "
                              "--invarlock-model, or make it accept them")
+        if self.models and not self.selectors:  # a named model every adapter declined
+            for model in sorted({r.model for r in records if r.outcome == "declined"}):
+                mine = [r for r in records if r.model == model]
+                if all(r.outcome == "declined" for r in mine):
+                    why = "; ".join(r.message.replace(f" on {model}: declined: ", ": ", 1)
+                                    for r in mine)
+                    lines.append(f"--invarlock-model {model}: no adapter took it ({why}); name "
+                                 "the adapter with --invarlock-adapter")
         return lines
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -385,7 +394,7 @@ class InvarlockRun:
 
         tr = terminalreporter
         tr.section(f"invarlock lane {self.lane.id}")
-        if not self._plans:  # under xdist the controller collected nothing: say it here
+        if not self._case_by_nodeid:  # under xdist the controller collected nothing: say it here
             for line in self.header_lines({r.profile for r in everything if r.profile}):
                 tr.write_line(line)
         width = min(max(int(getattr(getattr(tr, "_tw", None), "fullwidth", 100)), 50), 100)

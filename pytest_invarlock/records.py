@@ -72,6 +72,8 @@ def _from_nodeid(nodeid: str) -> dict[str, Any] | None:
         head, _, rest = case.rpartition(":")
         name, _, model = rest.partition("-")
         adapter = f"{head}:{name}"
+    if not check.startswith("check_"):  # not a conformance test: never look profiles up
+        return None
     if not (adapter and model and _level(check)):
         return None
     return {"adapter": adapter, "model": model, "check": check, "family": None, "role": None,

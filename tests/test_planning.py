@@ -139,3 +139,16 @@ def test_the_plugin_module_imports_neither_torch_nor_transformers():
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_named_model_no_adapter_can_load_fails_the_run(pytester, tmp_path, suite_dir):
+    """Declines decided at run time still make an unusable --invarlock-model an error."""
+    broken = tmp_path / "wide-gpt2"
+    shutil.copytree(fixture_path("gpt2"), broken)
+    config = json.loads((broken / "config.json").read_text())
+    config["n_embd"] *= 2  # the weights no longer fit: every adapter's load_model raises
+    (broken / "config.json").write_text(json.dumps(config))
+    result = pytester.runpytest_subprocess(str(suite_dir / "test_tying.py"),
+                                           f"--invarlock-model={broken}", "-p", "no:cacheprovider")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*--invarlock-model wide-gpt2: no adapter took it (hf_auto: *"])

@@ -288,8 +288,10 @@ class Planner:
 
     def _admits(self, name: str) -> bool:
         """Return whether the adapter belongs in the lane (quantized adapters in quant lanes)."""
-        try:
-            cls = self.spec(name).load_class()
+        from pytest_invarlock.lanes import admits
+
+        try:  # an instance, not a model: ``quantized`` may be set by __init__ or a property
+            adapter = self.spec(name).instantiate()
         except AdapterError:
             return not self.lane.quantized  # keep it, so the error is reported in its tests
-        return bool(getattr(cls, "quantized", False)) == self.lane.quantized
+        return admits(self.lane, adapter)
