@@ -58,9 +58,9 @@ def canonical(path: str | Path, entries: list[Expected],
     its label. A misspelt check or adapter would otherwise only show as a stale entry while
     the failure it meant to excuse fails the run.
     """
-    from pytest_invarlock.profile import profiles
+    from pytest_invarlock.profile import all_checks
 
-    checks = sorted({c.__name__ for p in profiles() for c in p.checks()})
+    checks = sorted(c.__name__ for c in all_checks())
     problems = []
     for i, entry in enumerate(entries):
         if entry.check not in checks:

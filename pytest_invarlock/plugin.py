@@ -18,6 +18,7 @@ from pytest_invarlock.registry import AdapterError, AdapterSpec, Discovery, disc
 from pytest_invarlock.verdicts import DEFAULT_TIMEOUT
 
 if TYPE_CHECKING:
+    from pytest_invarlock.checking import Check
     from pytest_invarlock.profile import Case, Plan, Profile, Subject
     from pytest_invarlock.subjects import Subjects
 
@@ -26,6 +27,7 @@ LANES_MARKER = "invarlock_lanes"
 NO_CASE = "no adapter of lane {lane} is installed: none of {names} declares quantized = True"
 #: The parametrized (session-scoped) fixture holding each test's case.
 CASE_PARAM = "invarlock_case"
+CHECK_PARAM = "invarlock_check"
 
 
 class InvarlockRun:
@@ -112,6 +114,12 @@ class InvarlockRun:
         assert first is not None
         raise first
 
+    def selected(self, selector: str) -> AdapterSpec:
+        """Return the implementation a ``--invarlock-adapter`` selector names, in its profile."""
+        from pytest_invarlock.registry import resolve
+
+        return resolve(selector, self.discovery(self.route(selector)))
+
     def spec(self, case: Case) -> AdapterSpec:
         """Return the implementation spec a case was planned from."""
         from pytest_invarlock.registry import resolve
@@ -149,11 +157,9 @@ class InvarlockRun:
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         """Reject unusable selectors, missing models and bad manifests before collecting."""
-        from pytest_invarlock.registry import resolve
-
         try:
             for selector in self.selectors:
-                spec = resolve(selector, self.discovery(self.route(selector)))
+                spec = self.selected(selector)
                 if spec.origin == "path":  # a registered adapter's problem shows in its tests
                     spec.check_class()
                     spec.instantiate()
@@ -186,7 +192,7 @@ class InvarlockRun:
                     except AdapterError:
                         continue
         for selector in self.selectors:
-            known[selector] = resolve(selector, self.discovery(self.route(selector))).label
+            known[selector] = self.selected(selector).label
         return known
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
@@ -311,6 +317,8 @@ class InvarlockRun:
         Built from the plans (which load nothing) and the records, so the controller of an
         xdist run builds the same rows as a single process.
         """
+        from pytest_invarlock.registry import resolve
+
         names = {r.profile for r in records if r.profile} | self._worker_profiles
         runtime: dict[str, list[dict[str, Any]]] = {}
         for r in records:
@@ -328,8 +336,6 @@ class InvarlockRun:
                 selectors.setdefault(label, plan.selectors[label])
             selectors.pop("none", None)
             for label, selector in sorted(selectors.items()):
-                from pytest_invarlock.registry import resolve
-
                 spec = resolve(selector, self.discovery(profile))
                 declined = [d.as_dict() for d in plan.declined.get(label, [])]
                 declined += runtime.get(label, [])
@@ -342,12 +348,11 @@ class InvarlockRun:
     def took_none(self, records: list[Record]) -> list[str]:
         """Return an error per implementation named explicitly that declined every subject."""
         from pytest_invarlock.profile import ALL_MODELS
-        from pytest_invarlock.registry import resolve
 
         ran = ("passed", "finding", "failed", "error", "xpassed", "xfailed", "unjudged")
         lines = []
         for selector in dict.fromkeys(self.selectors):
-            label = resolve(selector, self.discovery(self.route(selector))).label
+            label = self.selected(selector).label
             mine = [r for r in records if r.adapter == label and r.outcome == "declined"]
             if mine and not any(r.adapter == label and r.outcome in ran for r in records):
                 listed = "; ".join(r.message.partition(f"{label} on ")[2].replace(
@@ -471,9 +476,18 @@ def declined_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _param(item: pytest.Item, name: str) -> Any:
+    return getattr(getattr(item, "callspec", None), "params", {}).get(name)
+
+
 def _case_of(item: pytest.Item) -> Case | None:
     """Return the case a conformance test runs on (None for any other test)."""
-    return getattr(getattr(item, "callspec", None), "params", {}).get(CASE_PARAM)
+    return cast("Case | None", _param(item, CASE_PARAM))
+
+
+def _check_of(item: pytest.Item) -> Check[Any] | None:
+    """Return the check a conformance test runs (None for any other test)."""
+    return cast("Check[Any] | None", _param(item, CHECK_PARAM))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -535,7 +549,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # `-n N --dist loadgroup`, each (adapter, model) loads on one worker only
     params = [pytest.param(c, marks=pytest.mark.xdist_group(c.id), id=c.id) for c in cases]
     metafunc.parametrize(CASE_PARAM, params, indirect=True, scope="session")
-    metafunc.parametrize("invarlock_check", checks, ids=[c.__name__ for c in checks])
+    metafunc.parametrize(CHECK_PARAM, checks, ids=[c.__name__ for c in checks])
 
 
 @pytest.fixture(scope="session")
@@ -561,8 +575,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     _deselect_other_lanes(config, items, run.lane.id)
     _deselect_repeats(config, items)
     for item in items:
-        case, check = _case_of(item), getattr(getattr(item, "callspec", None), "params", {}).get(
-            "invarlock_check")
+        case, check = _case_of(item), _check_of(item)
         if case is not None and check is not None:
             from pytest_invarlock.checking import level_of
 
@@ -585,8 +598,7 @@ def _drop_inapplicable(run: InvarlockRun, items: list[pytest.Item]) -> None:
     applies: dict[tuple[str, str], set[str]] = {}
     kept = []
     for item in items:
-        case = _case_of(item)
-        check = getattr(getattr(item, "callspec", None), "params", {}).get("invarlock_check")
+        case, check = _case_of(item), _check_of(item)
         if case is None or check is None or case.adapter == "none":
             kept.append(item)
             continue

@@ -232,6 +232,15 @@ def by_name(name: str) -> Profile[Any]:
     raise KeyError(f"no profile {name!r} (known: {', '.join(p.name for p in profiles())})")
 
 
+def all_checks() -> list[Check[Any]]:
+    """Return every profile's checks, in profile order then each profile's own order."""
+    found: dict[str, Check[Any]] = {}
+    for profile in profiles():
+        for c in profile.checks():
+            found.setdefault(c.__name__, c)
+    return list(found.values())
+
+
 def owner(checks: Sequence[Check[Any]], extra: Sequence[Profile[Any]] = ()) -> Profile[Any]:
     """Return the profile whose checks include every one of ``checks``."""
     names = {c.__name__ for c in checks}

@@ -83,10 +83,9 @@ def _from_nodeid(nodeid: str) -> dict[str, Any] | None:
 def _level(check: str) -> str | None:
     """Return the level of the check named ``check`` (None when the suite has no such check)."""
     from pytest_invarlock.checking import level_of
-    from pytest_invarlock.profile import profiles
+    from pytest_invarlock.profile import all_checks
 
-    return next((level_of(c) for p in profiles() for c in p.checks() if c.__name__ == check),
-                None)
+    return next((level_of(c) for c in all_checks() if c.__name__ == check), None)
 
 
 def verdict_of(report: pytest.TestReport) -> dict[str, Any]:

@@ -68,12 +68,9 @@ def legend_line() -> str:
 
 def check_order(names: Iterable[str]) -> list[str]:
     """Return check names in suite order (the profiles' ``checks()``), unknown names last."""
-    from pytest_invarlock.profile import profiles
+    from pytest_invarlock.profile import all_checks
 
-    order: dict[str, int] = {}
-    for profile in profiles():
-        for c in profile.checks():
-            order.setdefault(c.__name__, len(order))
+    order = {c.__name__: i for i, c in enumerate(all_checks())}
     return sorted(set(names), key=lambda c: (order.get(c, len(order)), c))
 
 
