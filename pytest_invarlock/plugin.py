@@ -58,6 +58,10 @@ class InvarlockRun:
         self._progress_case: str | None = None
         #: profiles whose tests a worker collected (the controller under xdist collects none)
         self._worker_profiles: set[str] = set()
+        #: what the workers planned, by profile (rows) and whether the lane had anything to run
+        self._worker_rows: dict[str, list[dict[str, Any]]] = {}
+        self._worker_not_run: list[str | None] = []
+        self._worker_checks: list[str] | None = None
 
     # ------------------------------------------------------------------ profiles and plans
 
@@ -258,6 +262,16 @@ class InvarlockRun:
         self._load_errors[case.id] = nodeid
         _case_error(error)  # outside the handler: no chained traceback
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+        """Run a conformance test on an xdist worker with its share of the cores (see cores)."""
+        if item.nodeid not in self._case_by_nodeid:
+            return (yield)
+        from pytest_invarlock.cores import threads, worker_share
+
+        with threads(worker_share(getattr(self.config, "workerinput", None))):
+            return (yield)
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Fold each report into the records (the controller also sees every worker's reports)."""
         self.collector.add(report)
@@ -290,6 +304,12 @@ class InvarlockRun:
         """Keep which profiles a worker ran: the controller collects nothing to know it."""
         output = getattr(node, "workeroutput", {})
         self._worker_profiles.update(output.get("invarlock_profiles", ()))
+        for name, rows in output.get("invarlock_rows", {}).items():
+            self._worker_rows.setdefault(name, rows)
+        if "invarlock_not_run" in output:
+            self._worker_not_run.append(output["invarlock_not_run"])
+        if "invarlock_checks" in output:  # the summary's check order, without importing checks
+            self._worker_checks = list(output["invarlock_checks"])
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
@@ -315,10 +335,9 @@ class InvarlockRun:
         """Return the implementations of this run with their origin and what they declined.
 
         Built from the plans (which load nothing) and the records, so the controller of an
-        xdist run builds the same rows as a single process.
+        xdist run builds the same rows as a single process; it takes the plan rows its workers
+        made rather than planning again after the run.
         """
-        from pytest_invarlock.registry import resolve
-
         names = {r.profile for r in records if r.profile} | self._worker_profiles
         runtime: dict[str, list[dict[str, Any]]] = {}
         for r in records:
@@ -327,8 +346,21 @@ class InvarlockRun:
                     {"model": r.model, "family": r.family, "role": r.role,
                      "reason": r.message.partition(": declined: ")[2] or r.message})
         rows = []
+        for row in self.plan_rows(names):
+            declined = row["declined"] + runtime.get(row["label"], [])
+            rows.append({**row, "declined": sorted(declined, key=lambda d: d["model"])})
+        return rows
+
+    def plan_rows(self, names: set[str]) -> list[dict[str, Any]]:
+        """Return one row per implementation the plans of profiles ``names`` name."""
+        from pytest_invarlock.registry import resolve
+
+        rows = []
         for profile in self.profiles:
             if profile.name not in names:
+                continue
+            if profile.name in self._worker_rows:
+                rows += self._worker_rows[profile.name]
                 continue
             plan = self.plan(profile)
             selectors = {c.adapter: c.selector for c in plan.cases}
@@ -337,12 +369,10 @@ class InvarlockRun:
             selectors.pop("none", None)
             for label, selector in sorted(selectors.items()):
                 spec = resolve(selector, self.discovery(profile))
-                declined = [d.as_dict() for d in plan.declined.get(label, [])]
-                declined += runtime.get(label, [])
                 rows.append({"name": label, "label": label, "target": spec.target,
                              "origin": spec.origin, "distribution": spec.distribution,
                              "version": spec.version, "profile": profile.name,
-                             "declined": sorted(declined, key=lambda d: d["model"])})
+                             "declined": [d.as_dict() for d in plan.declined.get(label, [])]})
         return rows
 
     def took_none(self, records: list[Record]) -> list[str]:
@@ -377,10 +407,18 @@ class InvarlockRun:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if workeroutput is not None:
             workeroutput["invarlock_profiles"] = sorted(self._worker_profiles)
+            if self._worker_profiles:  # the controller takes these instead of planning again
+                workeroutput["invarlock_rows"] = {
+                    name: self.plan_rows({name}) for name in self._worker_profiles}
+                workeroutput["invarlock_not_run"] = self.not_run(self._worker_profiles)
+                from pytest_invarlock.profile import all_checks
+
+                workeroutput["invarlock_checks"] = [c.__name__ for c in all_checks()]
         elif self.report and (self.collector.records or self._worker_profiles):
             records = self.records()
             names = {r.profile for r in records if r.profile} | self._worker_profiles
-            reason = unavailable(self.lane) or self.not_run(names)
+            reason = unavailable(self.lane) or (
+                self._worker_not_run[0] if self._worker_not_run else self.not_run(names))
             packages = tuple(dict.fromkeys(
                 p for profile in self.profiles if profile.name in names for p in profile.packages))
             write_report(Path(self.report), self.lane.id, self.lane.device, self.rows(records),
@@ -403,7 +441,7 @@ class InvarlockRun:
             for line in self.header_lines({r.profile for r in everything if r.profile}):
                 tr.write_line(line)
         width = min(max(int(getattr(getattr(tr, "_tw", None), "fullwidth", 100)), 50), 100)
-        for line in [*matrix_lines(records, width), legend_line(),
+        for line in [*matrix_lines(records, width, self._worker_checks), legend_line(),
                      *verdict_lines(records, self.policy.strict)]:
             tr.write_line(line)
         for line in declined_lines(self.rows(everything)):
@@ -574,6 +612,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     _drop_inapplicable(run, items)
     _deselect_other_lanes(config, items, run.lane.id)
     _deselect_repeats(config, items)
+    if hasattr(config, "workerinput"):
+        _costliest_first(items)
     for item in items:
         case, check = _case_of(item), _check_of(item)
         if case is not None and check is not None:
@@ -609,6 +649,25 @@ def _drop_inapplicable(run: InvarlockRun, items: list[pytest.Item]) -> None:
         if check.__name__ in applies[key]:
             kept.append(item)
     items[:] = kept
+
+
+def _costliest_first(items: list[pytest.Item]) -> None:
+    """Order the conformance tests of an xdist worker's collection by their case's cost.
+
+    The scheduler (xdist_scheduling) hands cases out in collection order, so the longest ones
+    start first and the short ones fill in at the end: a long case scheduled last would run
+    alone while the other workers idle. Every worker sorts the same way (the collections must
+    be identical); other tests keep their places, and a run without xdist keeps its order.
+    """
+    slots = [i for i, item in enumerate(items) if _case_of(item) is not None]
+    ordered = sorted((items[i] for i in slots), key=lambda item: -_case_cost(item))
+    for slot, item in zip(slots, ordered, strict=True):
+        items[slot] = item
+
+
+def _case_cost(item: pytest.Item) -> float:
+    case = _case_of(item)
+    return case.cost if case is not None else 0.0
 
 
 def _deselect_repeats(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -65,6 +65,10 @@ class Case:
     #: the user named this pair (implementation and subject): a failure to load it is an
     #: error; otherwise it is the implementation declining a subject it was not asked about
     explicit: bool = False
+    #: the profile's estimate of what the case costs to run, in any unit (e.g. the bytes of
+    #: its checkpoint): under xdist the costliest cases start first, so that no long case runs
+    #: alone at the end while the other workers are idle
+    cost: float = 0.0
 
     @property
     def id(self) -> str:

@@ -27,7 +27,7 @@ for listing headings whose label is longer than ``width``, or for widths below a
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from pytest_invarlock.records import Record
 
@@ -66,21 +66,29 @@ def legend_line() -> str:
     return f"cells: models passed; {marks}"
 
 
-def check_order(names: Iterable[str]) -> list[str]:
-    """Return check names in suite order (the profiles' ``checks()``), unknown names last."""
-    from pytest_invarlock.profile import all_checks
+def check_order(names: Iterable[str], suite: Sequence[str] | None = None) -> list[str]:
+    """Return check names in suite order, unknown names last.
 
-    order = {c.__name__: i for i, c in enumerate(all_checks())}
+    ``suite`` is every check name in order (default: the profiles' ``checks()``, which imports
+    them; an xdist controller gets the list from its workers instead).
+    """
+    if suite is None:
+        from pytest_invarlock.profile import all_checks
+
+        suite = [c.__name__ for c in all_checks()]
+    order = {name: i for i, name in enumerate(suite)}
     return sorted(set(names), key=lambda c: (order.get(c, len(order)), c))
 
 
-def matrix_lines(records: list[Record], width: int = 100) -> list[str]:
+def matrix_lines(records: list[Record], width: int = 100,
+                 suite: Sequence[str] | None = None) -> list[str]:
     """Return the check x adapter outcome matrix as lines of at most ``width`` columns.
 
     Rows are checks (suite order, unknown names last), columns adapters (sorted), a cell the
     models passed then the other outcomes' markers (:func:`legend_line`); the last line totals
     the outcomes. The layout (table, stacked blocks, per-adapter listing) is described in the
-    module docstring; the output depends only on ``records`` and ``width``. No records: no lines.
+    module docstring; the output depends only on ``records``, ``width`` and the check order
+    (``suite``, see :func:`check_order`). No records: no lines.
     """
     if not records:
         return []
@@ -88,7 +96,7 @@ def matrix_lines(records: list[Record], width: int = 100) -> list[str]:
     for r in records:
         counts.setdefault((r.check, r.adapter), Counter())[r.outcome] += 1
     cells = {key: _cell(c) for key, c in counts.items()}
-    checks = check_order({c for c, _ in counts})
+    checks = check_order({c for c, _ in counts}, suite)
     adapters = sorted({a for _, a in counts})
     first = max(len(c) for c in checks) + _GAP
     column = {a: max([len(a)] + [len(cells.get((c, a), _NONE)) for c in checks]) + _GAP

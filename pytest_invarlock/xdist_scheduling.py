@@ -21,6 +21,27 @@ def case_scope(nodeid: str) -> str | None:
     return f"invarlock-case:{found['case']}" if found else None
 
 
+def cases_in_collection_order(workqueue: Any, collection: list[str]) -> None:
+    """Put the case work units first, in the workers' collection order (costliest first).
+
+    xdist orders work units by their number of tests (``--loadscope-reorder``); every case has
+    about the same number, so that order says nothing of how long a case takes, while the
+    workers' collection lists the costliest cases first (see the plugin's ``_costliest_first``).
+    Other groups follow in xdist's order.
+    """
+    position = {nodeid: i for i, nodeid in enumerate(collection)}
+
+    def first(unit: Any) -> int:
+        return min((position.get(n, len(position)) for n in unit), default=len(position))
+
+    cases = sorted((s for s in workqueue if s.startswith("invarlock-case:")),
+                   key=lambda s: first(workqueue[s]))
+    others = [s for s in workqueue if not s.startswith("invarlock-case:")]
+    units = {s: workqueue[s] for s in (*cases, *others)}
+    workqueue.clear()
+    workqueue.update(units)
+
+
 def case_scheduler(config: pytest.Config, log: Any) -> Any:
     """Return ``LoadGroupScheduling`` whose groups are the conformance cases."""
     from xdist.scheduler import LoadGroupScheduling
@@ -30,5 +51,11 @@ def case_scheduler(config: pytest.Config, log: Any) -> Any:
 
         def _split_scope(self, nodeid: str) -> str:
             return case_scope(nodeid) or str(super()._split_scope(nodeid))
+
+        def _assign_work_unit(self, node: Any) -> None:
+            if not getattr(self, "_cases_ordered", False):
+                self._cases_ordered = True
+                cases_in_collection_order(self.workqueue, self.collection or [])
+            super()._assign_work_unit(node)
 
     return CaseScheduling(config, log)

@@ -8,6 +8,7 @@ import textwrap
 import pytest
 
 from pytest_invarlock.hf_adapter.fixtures import catalog, fixture_path, package_path, packages
+from pytest_invarlock.hf_adapter.planning import size
 from pytest_invarlock.registry import discover
 
 COUNTING = """
@@ -99,6 +100,93 @@ def test_each_pair_loads_once_and_only_on_its_worker(pytester, monkeypatch, suit
     assert len(fixtures) == 5  # llama-gqa(-tied), mistral, qwen2-tied, qwen3
     assert all(len(workers[m]) == 1 for m in fixtures), workers
     assert set().union(*workers.values()) == {"gw0", "gw1"}
+    # the costliest cases (the largest checkpoints) start first, one on each worker
+    first = {}
+    for line in loads.read_text().splitlines():
+        worker, _, model = line.split(" ", 2)
+        first.setdefault(worker, model)
+    largest = sorted(fixtures, key=lambda m: -size(m))[:2]
+    assert sorted(first.values()) == sorted(largest), (first, largest)
+
+
+OBSERVING = """
+    import os
+    import sys
+
+    from pytest_invarlock.hf_adapter import profile
+
+    def _log(line):
+        with open(os.environ["OBSERVED_FILE"], "a") as out:
+            out.write(f"{os.environ.get('PYTEST_XDIST_WORKER', 'controller')} {line}\\n")
+
+    _plan = profile.HFAdapterProfile.plan
+
+    def _counted_plan(self, request):
+        _log("plan")
+        return _plan(self, request)
+
+    profile.HFAdapterProfile.plan = _counted_plan
+
+    def pytest_runtest_call(item):
+        _log(f"threads {sys.modules['torch'].get_num_threads()} {item.nodeid}")
+
+    def pytest_unconfigure(config):
+        _log(f"torch {'torch' in sys.modules}")
+"""
+
+
+def test_an_xdist_run_shares_the_cores_and_its_controller_plans_nothing(pytester, monkeypatch,
+                                                                        suite_dir):
+    """Workers plan, run checks on their share of the cores; the controller imports no torch.
+
+    The controller takes the plan rows and the check order from its workers (planning again
+    after the run, or importing the checks for their order, cost it seconds of a 2-core
+    machine); a test that is not a conformance test keeps torch's own thread count.
+    """
+    from pytest_invarlock.cores import cores
+
+    pytester.makepyfile(observing=textwrap.dedent(OBSERVING))
+    pytester.makepyfile(test_plain="def test_plain():\n    import torch  # noqa: F401\n")
+    monkeypatch.setenv("PYTHONPATH", str(pytester.path))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    observed = pytester.path / "observed.txt"
+    monkeypatch.setenv("OBSERVED_FILE", str(observed))
+    args = [str(suite_dir / "test_tying.py"), "--invarlock-adapter=hf_gpt2", "-p", "observing",
+            "-p", "no:cacheprovider", "-q"]
+    one = pytester.runpytest_subprocess(*args, "--invarlock-report=one.json")
+    assert one.ret == 0, one.stdout.str()[-2000:]
+    observed.unlink()
+    two = pytester.runpytest_subprocess(*args, "test_plain.py", "-n", "2", "--dist", "loadgroup",
+                                        "--invarlock-report=two.json")
+    assert two.ret == 0, two.stdout.str()[-2000:]
+    lines = observed.read_text().splitlines()
+    assert "controller torch False" in lines
+    assert not [line for line in lines if line.startswith("controller plan")]
+    assert {line.split()[0] for line in lines if " plan" in line} <= {"gw0", "gw1"}
+    threads = {line.split()[3]: int(line.split()[2]) for line in lines if " threads " in line}
+    share = max(1, cores() // 2)
+    assert {n for t, n in threads.items() if "check_" in t} == {share}
+    (plain,) = [n for t, n in threads.items() if t.endswith("::test_plain")]
+    assert plain == torch_threads()
+    one_payload = json.loads((pytester.path / "one.json").read_text())
+    two_payload = json.loads((pytester.path / "two.json").read_text())
+    assert one_payload["adapters"] == two_payload["adapters"]
+    # the summary's matrix lists the checks in the same (suite) order
+    assert _matrix(one.outlines) == _matrix(two.outlines)
+
+
+def torch_threads():
+    import subprocess
+
+    code = "import torch; print(torch.get_num_threads())"
+    return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True).stdout)
+
+
+def _matrix(lines):
+    start = next(i for i, line in enumerate(lines) if line.startswith("check "))
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith("total:"))
+    return lines[start:end + 1]
 
 
 def test_a_bundled_fixture_passed_by_path_never_earns_published_basis(pytester, tmp_path,

@@ -119,6 +119,9 @@ class Helper:
         os.close(handle)
         self._log = Path(log_path)
         env = dict(os.environ)
+        torch = sys.modules.get("torch")
+        if torch is not None and "OMP_NUM_THREADS" not in env:  # the parent's share of the cores
+            env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
         paths = [p or os.getcwd() for p in sys.path]
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
         env[HELPER_ENV] = "1"
@@ -181,7 +184,9 @@ def helper() -> Helper:
     global _HELPER
     if _HELPER is None:
         _HELPER = Helper()
-        atexit.register(_HELPER.stop)
+        # at exit the helper is idle and holds nothing worth a clean shutdown: killing it spares
+        # the wait for an interpreter with torch loaded to tear itself down
+        atexit.register(_HELPER.stop, kill=True)
     return _HELPER
 
 

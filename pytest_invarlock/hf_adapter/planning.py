@@ -48,6 +48,13 @@ def digest(path: str | None) -> str | None:
     return _digest(str(Path(path).resolve()))
 
 
+def size(path: str | None) -> float:
+    """Return the bytes of a checkpoint directory's files (what loading and snapshots move)."""
+    if not path or not Path(path).is_dir():
+        return 0.0
+    return float(sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()))
+
+
 @cache
 def _digest(path: str) -> str:
     sha = hashlib.sha256()
@@ -192,7 +199,7 @@ class Planner:
 
     def _case(self, name: str, selector: str, source: Source, **extra: Any) -> Case:
         return Case(PROFILE, name, selector, source.label, source.path, source.labels,
-                    source.kind, digest(source.path), **extra)
+                    source.kind, digest(source.path), cost=size(source.path), **extra)
 
     def _plan_adapter(self, selector: str, sources: list[Source], broken: dict[str, str]) -> None:
         name = self.spec(selector).label
