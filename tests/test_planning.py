@@ -115,9 +115,15 @@ OBSERVING = """
 
     from pytest_invarlock.hf_adapter import profile
 
+    WHO = ["controller"]  # not PYTEST_XDIST_WORKER: an outer xdist run sets it for us too
+
+    def pytest_configure(config):
+        if hasattr(config, "workerinput"):
+            WHO[0] = config.workerinput["workerid"]
+
     def _log(line):
         with open(os.environ["OBSERVED_FILE"], "a") as out:
-            out.write(f"{os.environ.get('PYTEST_XDIST_WORKER', 'controller')} {line}\\n")
+            out.write(f"{WHO[0]} {line}\\n")
 
     _plan = profile.HFAdapterProfile.plan
 
