@@ -143,10 +143,14 @@ class InvarlockRun:
                                                 self.discovery(profile)))
             if not plan.cases:
                 names = ", ".join(sorted(self.discovery(profile).adapters)) or "no adapter"
-                why = (NO_CASE.format(lane=self.lane.id, names=names)
-                       if self.lane.id in profile.lanes else
-                       f"profile {profile.name} does not run in lane {self.lane.id} (its lanes: "
-                       f"{', '.join(profile.lanes)})")
+                if self.lane.id not in profile.lanes:
+                    why = (f"profile {profile.name} does not run in lane {self.lane.id} (its "
+                           f"lanes: {', '.join(profile.lanes)})")
+                elif self.selectors and not selectors:
+                    why = (f"no {profile.name} implementation was selected (--invarlock-adapter "
+                           f"named {', '.join(self.selectors)}, of other profiles)")
+                else:
+                    why = NO_CASE.format(lane=self.lane.id, names=names)
                 plan.cases = [Case(profile.name, "none", "none", "none", None, skip=why)]
             self._plans[profile.name] = plan
         return self._plans[profile.name]

@@ -188,3 +188,28 @@ def test_a_lane_outside_the_profiles_lanes_is_not_run(toy_dir):
     result.assert_outcomes(skipped=1)  # said once
     payload = payload_of(toy_dir / "run" / "q.json")
     assert (payload["status"], payload["records"]) == ("not_run", [])  # never evidence
+
+
+HF_TEST = """
+import pytest
+
+from pytest_invarlock.hf_adapter.checks import tying
+from pytest_invarlock.testing import run_check
+
+pytestmark = pytest.mark.invarlock(tying.CHECKS)
+
+
+def test_hf(invarlock_subject, invarlock_check):
+    run_check(invarlock_subject, invarlock_check)
+"""
+
+
+def test_a_profile_none_of_whose_implementations_is_selected_says_so(toy_dir):
+    mixed = toy_dir / "mixed"
+    mixed.mkdir(exist_ok=True)
+    (mixed / "test_hf.py").write_text(HF_TEST)
+    result = run(toy_dir, str(mixed / "test_hf.py"), "test_toy_conformance.py", "-rs",
+                 "--invarlock-adapter=toy_profile:SeededFactory")
+    result.stdout.fnmatch_lines(["*no hf_adapter implementation was selected (--invarlock-adapter "
+                                 "named toy_profile:SeededFactory, of other profiles)*"])
+    assert result.ret == 0, "\n".join(result.outlines[-30:])
