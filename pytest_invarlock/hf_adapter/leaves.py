@@ -1,0 +1,200 @@
+"""Every plain tensor a model's forward reads: the suite's deep view of a (quantized) model's state.
+
+``named_parameters`` and ``named_buffers`` are the whole state of a full-precision model, not of a
+quantized one (measured in ``research/quantized-backends-cpu.md``, traps X2 and X3):
+
+- torchao and quanto weights are tensor *subclasses* whose values live in plain inner tensors
+  named by ``__tensor_flatten__`` (torchao ``qdata``/``scale``/``zero_point``; quanto ``_data``,
+  ``_scale``, ``_shift``, with ``_data`` itself a ``PackedTensor`` for 2/4-bit); their storage
+  has no data pointer, so anything keyed by storage identity must look inside;
+- bitsandbytes keeps int8 scales on the weight (``Int8Params.CB``/``SCB``) until the first
+  forward moves them to ``module.state``, and 4-bit ``Params4bit.quant_state`` holds ``absmax``,
+  ``code``, ``offset`` and a nested ``state2``;
+- HQQ keeps ``meta['scale']``/``meta['zero']`` in a plain dict (``zero`` an inference tensor);
+- gptqmodel's forward reads unregistered caches (``scales_and_zeros``, ``ret_idx``).
+
+A snapshot that misses one of these looks exact to a comparison that misses it too, so the
+suite captures, perturbs and compares *leaves*: plain tensors, each under a stable name
+(``<param>#<inner>`` for subclass insides, ``<module>.state.CB``, ``<param>.quant_state.absmax``,
+``<module>.meta.scale``, ``<module>.scales_and_zeros``). For a full-precision model the leaves are
+exactly its parameters and buffers. Values are written back in place (``copy_``), never by
+rebinding ``.data``: bitsandbytes' ``state.CB`` shares the weight's storage, and a rebind would
+leave the forward reading the old one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+#: unregistered tensors gptqmodel's CPU kernels read in the forward
+CACHE_ATTRIBUTES = ("scales_and_zeros", "ret_idx")
+#: tensor fields of a bitsandbytes ``QuantState`` (``state2`` is a nested one)
+QUANT_STATE_FIELDS = ("absmax", "code", "offset")
+#: tensor fields of bitsandbytes' int8 weight and ``MatmulLtState``
+INT8_FIELDS = ("CB", "SCB")
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """One plain tensor the forward may read, and what holds it."""
+
+    tensor: torch.Tensor
+    #: parameter, buffer, inner (a tensor subclass's), quant_state, module_state, meta or cache
+    kind: str
+
+
+def is_plain(t: torch.Tensor) -> bool:
+    """Return whether ``t`` is a plain tensor (its storage is its value), not a wrapper subclass."""
+    return not hasattr(type(t), "__tensor_flatten__") or type(t) in (torch.Tensor, nn.Parameter)
+
+
+def leaves(model: nn.Module) -> dict[str, Leaf]:
+    """Return every plain tensor of ``model`` the forward may read, by name (tied names kept)."""
+    found: dict[str, Leaf] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        found.update(_expand(name, p, "parameter"))
+    for name, b in model.named_buffers(remove_duplicate=False):
+        for key, leaf in _expand(name, b, "buffer").items():
+            found.setdefault(key, leaf)
+    for path, module in model.named_modules(remove_duplicate=False):
+        prefix = f"{path}." if path else ""
+        for key, leaf in _hidden(module, prefix):
+            found.setdefault(key, leaf)
+    return found
+
+
+def _expand(name: str, t: torch.Tensor, kind: str) -> dict[str, Leaf]:
+    """Return ``t`` itself when plain, else its inner tensors (recursively), plus weight fields."""
+    out: dict[str, Leaf] = {}
+    if is_plain(t):
+        out[name] = Leaf(t, kind)
+    else:
+        inner_names, _ = t.__tensor_flatten__()  # type: ignore[attr-defined]
+        for inner in inner_names:
+            out.update(_expand(f"{name}#{inner}", getattr(t, inner), "inner"))
+    for field in INT8_FIELDS:  # bitsandbytes Int8Params, before the first forward
+        value = getattr(t, field, None) if type(t).__name__ == "Int8Params" else None
+        if isinstance(value, torch.Tensor):
+            out[f"{name}.{field}"] = Leaf(value, "quant_state")
+    state = getattr(t, "quant_state", None)  # bitsandbytes Params4bit
+    if state is not None and not isinstance(state, torch.Tensor):
+        for key, value in _quant_state(state, f"{name}.quant_state"):
+            out[key] = Leaf(value, "quant_state")
+    return out
+
+
+def _quant_state(state: Any, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
+    for field in QUANT_STATE_FIELDS:
+        value = getattr(state, field, None)
+        if isinstance(value, torch.Tensor):
+            yield f"{prefix}.{field}", value
+    nested = getattr(state, "state2", None)
+    if nested is not None:
+        yield from _quant_state(nested, f"{prefix}.state2")
+
+
+def _hidden(module: nn.Module, prefix: str) -> Iterator[tuple[str, Leaf]]:
+    """Yield the tensors a module's forward reads that are neither parameters nor buffers."""
+    state = vars(module).get("state")  # bitsandbytes MatmulLtState, after the first forward
+    if state is not None and type(state).__name__ == "MatmulLtState":
+        for field in INT8_FIELDS:
+            value = getattr(state, field, None)
+            if isinstance(value, torch.Tensor):
+                yield f"{prefix}state.{field}", Leaf(value, "module_state")
+    meta = vars(module).get("meta")  # HQQLinear
+    if isinstance(meta, dict):
+        for key in sorted(meta):
+            if isinstance(meta[key], torch.Tensor):
+                yield f"{prefix}meta.{key}", Leaf(meta[key], "meta")
+    for attribute in CACHE_ATTRIBUTES:  # gptqmodel
+        value = vars(module).get(attribute)
+        if isinstance(value, torch.Tensor):
+            yield f"{prefix}{attribute}", Leaf(value, "cache")
+
+
+# --------------------------------------------------------------------------- using the leaves
+
+
+def storage_key(t: torch.Tensor) -> tuple[object, ...]:
+    """Return what identifies the memory a plain tensor views (same key = same values)."""
+    if t.numel() == 0:
+        return ("empty", id(t))
+    return (str(t.device), t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
+            t.stride(), t.dtype)
+
+
+def capture(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Copy every leaf of ``model`` to the CPU."""
+    return {name: leaf.tensor.detach().to("cpu", copy=True)
+            for name, leaf in leaves(model).items()}
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+
+
+def diff(model: nn.Module, captured: dict[str, torch.Tensor]) -> list[str]:
+    """Describe every way the leaves of ``model`` differ from ``captured`` (empty: bit-identical)."""
+    now = leaves(model)
+    problems = [f"{n!r} is missing from the model" for n in sorted(set(captured) - set(now))]
+    problems += [f"{n!r} is new in the model" for n in sorted(set(now) - set(captured))]
+    for name in sorted(set(now) & set(captured)):
+        t, saved = now[name].tensor, captured[name]
+        if (t.dtype, tuple(t.shape)) != (saved.dtype, tuple(saved.shape)):
+            problems.append(f"{name!r} is {t.dtype} {list(t.shape)}, expected {saved.dtype} "
+                            f"{list(saved.shape)}")
+        elif not torch.equal(_bits(t), _bits(saved)):
+            problems.append(f"{name!r} differs from the original")
+    return problems
+
+
+def perturb(model: nn.Module, seed: int = 0) -> None:
+    """Change every element of every leaf in place (each storage once)."""
+    generator = torch.Generator().manual_seed(seed)
+    seen: set[tuple[object, ...]] = set()
+    for leaf in leaves(model).values():
+        key = storage_key(leaf.tensor)
+        if key in seen or leaf.tensor.numel() == 0:
+            continue
+        seen.add(key)
+        with _writable(leaf.tensor):
+            _perturb(leaf.tensor, generator)
+
+
+def _perturb(t: torch.Tensor, generator: torch.Generator) -> None:
+    if t.dtype == torch.bool:
+        t.logical_not_()
+    elif t.is_floating_point():
+        step = torch.rand(t.shape, generator=generator) * 0.5 + 0.25
+        t.add_(step.to(t.device, t.dtype).abs().clamp_min(0.25))
+    else:
+        t.add_(1)
+
+
+def restore(model: nn.Module, captured: dict[str, torch.Tensor]) -> None:
+    """Write ``captured`` back into the leaves of ``model`` in place (names and shapes must match)."""
+    now = leaves(model)
+    wrong = [n for n in captured if n not in now or now[n].tensor.shape != captured[n].shape]
+    if wrong:
+        raise ValueError(f"cannot restore {wrong[:3]}: no such leaf of that shape in the model")
+    for name, saved in captured.items():
+        with _writable(now[name].tensor):
+            now[name].tensor.copy_(saved)
+
+
+class _writable:
+    """Allow an in-place write: under no_grad, and inference mode for inference tensors (HQQ)."""
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self._mode: Any = torch.inference_mode() if t.is_inference() else torch.no_grad()
+
+    def __enter__(self) -> None:
+        self._mode.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._mode.__exit__(*exc)

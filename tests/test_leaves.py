@@ -1,0 +1,103 @@
+"""The suite's deep view of state: every plain tensor the forward reads, quantized or not.
+
+The full-precision half runs everywhere; each backend's half runs where the backend is
+installed (the cpu-quant lane's environment), and is skipped with the install line otherwise.
+"""
+
+import importlib.util
+
+import pytest
+import torch
+
+from pytest_invarlock.hf_adapter import leaves, state
+from pytest_invarlock.hf_adapter.fixtures import fixture_path
+
+
+def load_fixture_model(name):
+    from pytest_invarlock.adapters.auto import HFAutoAdapter
+
+    return HFAutoAdapter().load_model(str(fixture_path(name)), device="cpu")
+
+IDS = torch.arange(16).reshape(2, 8)
+
+
+def _logits(model):
+    with torch.no_grad():
+        return model(input_ids=IDS).logits
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama-gqa-tied", "t5", "bert"])
+def test_the_leaves_of_a_full_precision_model_are_its_parameters_and_buffers(name):
+    model = load_fixture_model(name)
+    found = leaves.leaves(model)
+    now = state.named_tensors(model)
+    assert set(found) == set(now)
+    assert all(found[n].tensor is now[n][0] for n in now)
+    assert {leaf.kind for leaf in found.values()} <= {"parameter", "buffer"}
+
+
+def test_perturb_changes_every_leaf_and_restore_puts_every_bit_back_in_place():
+    model = load_fixture_model("llama-gqa-tied")
+    before, storages = _logits(model), {n: leaf.tensor.data_ptr()
+                                        for n, leaf in leaves.leaves(model).items()}
+    captured = leaves.capture(model)
+    leaves.perturb(model, seed=1)
+    assert len(leaves.diff(model, captured)) == len(captured)  # every leaf changed
+    leaves.restore(model, captured)
+    assert leaves.diff(model, captured) == []
+    assert torch.equal(_logits(model), before)
+    assert {n: leaf.tensor.data_ptr() for n, leaf in leaves.leaves(model).items()} == storages
+
+
+def test_restore_refuses_a_capture_of_another_model_and_changes_nothing():
+    model, other = load_fixture_model("llama-gqa-tied"), load_fixture_model("gpt2")
+    captured = leaves.capture(model)
+    with pytest.raises(ValueError, match="no such leaf"):
+        leaves.restore(model, leaves.capture(other))
+    assert leaves.diff(model, captured) == []
+
+
+def _quantized(backend):
+    """Load llama-gqa quantized by ``backend`` at load time (skip when it is not installed)."""
+    module = {"torchao": "torchao", "quanto": "optimum.quanto", "bnb8": "bitsandbytes"}[backend]
+    if importlib.util.find_spec(module.split(".")[0]) is None:
+        pytest.skip(f"{module} is not installed (the cpu-quant lane installs it)")
+    import transformers
+
+    if backend == "torchao":
+        from torchao.quantization import Int8WeightOnlyConfig
+
+        config = transformers.TorchAoConfig(Int8WeightOnlyConfig())
+    elif backend == "quanto":
+        config = transformers.QuantoConfig(weights="int8")
+    else:
+        config = transformers.BitsAndBytesConfig(load_in_8bit=True)
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        str(fixture_path("llama-gqa")), quantization_config=config, local_files_only=True)
+
+
+@pytest.mark.parametrize("backend, hidden", [("torchao", "inner"), ("quanto", "inner"),
+                                             ("bnb8", "module_state")])
+def test_the_leaves_of_a_quantized_model_reach_its_hidden_state(backend, hidden):
+    model = _quantized(backend)
+    reference = _logits(model)  # bitsandbytes moves its int8 scales on the first forward
+    found = leaves.leaves(model)
+    assert hidden in {leaf.kind for leaf in found.values()}
+    captured = leaves.capture(model)
+    leaves.perturb(model, seed=1)
+    assert len(leaves.diff(model, captured)) == len(captured)
+    assert not torch.equal(_logits(model), reference)
+    leaves.restore(model, captured)
+    assert leaves.diff(model, captured) == []
+    assert torch.equal(_logits(model), reference)
+
+
+def test_a_reset_of_parameters_and_buffers_alone_misses_bitsandbytes_hidden_state():
+    """Why the leaves exist: the parameter view calls a bnb int8 reset exact, the logits differ."""
+    model = _quantized("bnb8")
+    reference = _logits(model)
+    shallow = state.capture(model)  # parameters and buffers only
+    leaves.perturb(model, seed=1)  # the scales in module.state too
+    state.reset(model, shallow)
+    assert state.diff(model, shallow) == []  # the shallow view sees nothing wrong
+    assert not torch.equal(_logits(model), reference)  # the forward does
