@@ -101,3 +101,27 @@ def test_a_reset_of_parameters_and_buffers_alone_misses_bitsandbytes_hidden_stat
     state.reset(model, shallow)
     assert state.diff(model, shallow) == []  # the shallow view sees nothing wrong
     assert not torch.equal(_logits(model), reference)  # the forward does
+
+
+@pytest.mark.parametrize("backend", ["torchao", "quanto", "bnb8"])
+def test_the_profile_loads_a_quantized_subject_and_puts_its_leaves_back(backend, tmp_path):
+    """A check that changes a quantized subject is undone in place, hidden state included."""
+    from pytest_invarlock.hf_adapter.profile import HFAdapterProfile, _capture
+    from pytest_invarlock.profile import Case, Subject
+
+    model = _quantized(backend)
+    reference = _logits(model)
+    assert leaves.is_quantized(model)
+    adapter = type("Quantized", (), {"quantized": True})()
+    saved = _capture(adapter, model)
+    assert isinstance(saved, dict)  # every leaf, not the parameter view
+    subject = Subject(Case("hf_adapter", "q", "q", "llama-gqa", None), adapter, model, None,
+                      HFAdapterProfile(), saved)
+    leaves.perturb(model, seed=3)
+    subject.profile.put_back(subject)
+    assert leaves.diff(model, subject.saved) == []
+    assert torch.equal(_logits(model), reference)
+
+
+def test_a_full_precision_model_is_not_quantized():
+    assert not leaves.is_quantized(load_fixture_model("gpt2"))

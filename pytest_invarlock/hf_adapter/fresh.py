@@ -83,7 +83,10 @@ class Helper:
                 assert proc.stdin is not None
                 # the parent's sys.path now (a test may have added a directory since the start)
                 path = [p or os.getcwd() for p in sys.path]
-                proc.stdin.write(json.dumps({"id": ident, "sys_path": path, **payload}) + "\n")
+                torch = sys.modules.get("torch")  # the parent's share of the cores, now
+                threads = torch.get_num_threads() if torch is not None else None
+                proc.stdin.write(json.dumps({"id": ident, "sys_path": path, "threads": threads,
+                                             **payload}) + "\n")
                 proc.stdin.flush()
             except OSError as exc:
                 raise self._failed(f"could not be sent the request ({exc})") from None
@@ -206,6 +209,10 @@ def serve(request: dict[str, Any]) -> dict[str, Any]:
 
     stage = "import"
     try:
+        if request.get("threads"):  # as many as the parent may use (cores.py)
+            import torch
+
+            torch.set_num_threads(int(request["threads"]))
         missing = [p for p in request.get("sys_path", []) if p not in sys.path]
         if missing:
             sys.path.extend(missing)

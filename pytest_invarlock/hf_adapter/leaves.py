@@ -117,6 +117,11 @@ def _hidden(module: nn.Module, prefix: str) -> Iterator[tuple[str, Leaf]]:
             yield f"{prefix}{attribute}", Leaf(value, "cache")
 
 
+def is_quantized(model: nn.Module) -> bool:
+    """Return whether ``model`` has state beyond plain parameters and buffers."""
+    return any(leaf.kind not in ("parameter", "buffer") for leaf in leaves(model).values())
+
+
 # --------------------------------------------------------------------------- using the leaves
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
@@ -49,9 +50,18 @@ def digest(path: str | None) -> str | None:
 
 
 def size(path: str | None) -> float:
-    """Return the bytes of a checkpoint directory's files (what loading and snapshots move)."""
+    """Return the bytes of a checkpoint directory's files (what loading and snapshots move).
+
+    A model that is not a local directory has an unknown size: counted as the costliest, so
+    that it starts first rather than alone at the end.
+    """
     if not path or not Path(path).is_dir():
-        return 0.0
+        return math.inf
+    return _size(str(Path(path).resolve()))
+
+
+@cache
+def _size(path: str) -> float:
     return float(sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()))
 
 

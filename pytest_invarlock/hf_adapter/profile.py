@@ -58,7 +58,6 @@ class HFAdapterProfile:
 
     def load(self, case: Case, adapter: Any, env: Env) -> Subject[nn.Module]:
         """Load the checkpoint with ``adapter.load_model`` and keep a copy of its state."""
-        from pytest_invarlock.hf_adapter import state
         from pytest_invarlock.registry import AdapterError
 
         if not hasattr(adapter, "load_model"):
@@ -68,7 +67,7 @@ class HFAdapterProfile:
         ctx = CheckContext(adapter_name=case.adapter, model_label=case.model,
                            model_path=case.path, device=env.device, workdir=env.workdir,
                            reference=env.reference, selector=case.selector)
-        return Subject(case, adapter, model, ctx, self, state.capture(model))
+        return Subject(case, adapter, model, ctx, self, _capture(adapter, model))
 
     def decline(self, subject: Subject[nn.Module]) -> str | None:
         """Return why ``can_handle()`` refuses the loaded model (None: it takes it)."""
@@ -80,10 +79,13 @@ class HFAdapterProfile:
 
     def put_back(self, subject: Subject[nn.Module]) -> None:
         """Reset every parameter and buffer the check changed (untouched models keep their ties)."""
-        from pytest_invarlock.hf_adapter import state
+        from pytest_invarlock.hf_adapter import leaves, state
 
-        if state.diff(subject.model, subject.saved):
-            state.reset(subject.model, subject.saved)
+        if isinstance(subject.saved, state.State):
+            if state.diff(subject.model, subject.saved):
+                state.reset(subject.model, subject.saved)
+        elif leaves.diff(subject.model, subject.saved):  # a quantized subject: in place
+            leaves.restore(subject.model, subject.saved)
 
     def load_error(self, case: Case, exc: BaseException) -> str:
         """Return one line saying why ``case`` did not load: the file at fault when one is."""
@@ -102,3 +104,17 @@ class HFAdapterProfile:
         role = case.role or "unknown"
         base = f"{case.family or 'unknown'}-{role}-hf-{lane}"
         return base if ROLE_ADAPTER.get(role) == case.adapter else f"{base}-{case.adapter}"
+
+
+def _capture(adapter: Any, model: nn.Module) -> Any:
+    """Keep what put_back restores: parameters and buffers, or every leaf of a quantized model.
+
+    A quantized model's forward reads tensors that are neither (see leaves.py), and its
+    tensors are written back in place rather than rebound; a full-precision model keeps the
+    parameter view, whose reset also undoes dtype, device and tie changes.
+    """
+    from pytest_invarlock.hf_adapter import leaves, state
+
+    if getattr(adapter, "quantized", False) or leaves.is_quantized(model):
+        return leaves.capture(model)
+    return state.capture(model)
