@@ -1,0 +1,255 @@
+"""Quantized causal-LM reference adapters (spec 001): runtime torchao, quanto and bitsandbytes.
+
+Each loads a checkpoint through transformers with its backend's quantization config (a
+checkpoint that already carries a ``quantization_config`` of its backend is loaded as it is),
+leaves device placement to the backend (never ``.to()``), describes the *logical* structure
+(the full-precision widths and parameter count, never the packed ones) plus what was quantized,
+and snapshots every leaf the forward reads (:mod:`pytest_invarlock.hf_adapter.leaves`), restored
+in place. The facts behind each choice are measured in ``research/quantized-backends-cpu.md``.
+
+Not registered as entry points yet: the quantized checks and the cpu-quant lane come first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from pytest_invarlock.adapters.base import guard_remote_code, local_only
+from pytest_invarlock.adapters.roles import HFCausalAdapter
+
+#: auxiliary tensors of quantized linears: scales and indices, not logical parameters
+AUXILIARY = frozenset({"weight_scale", "weight_shape", "weight_zero_point", "SCB", "absmax",
+                       "scales", "qzeros", "g_idx", "input_scale", "output_scale"})
+SNAPSHOT_FORMAT = "pytest-invarlock-leaves-v1"
+
+
+class SnapshotError(ValueError):
+    """A leaf snapshot does not fit the model: nothing was written."""
+
+
+class HFQuantizedAdapter(HFCausalAdapter):
+    """A causal LM quantized by one backend; subclasses name it and build its config."""
+
+    quantized: ClassVar[bool] = True
+    #: ``quantization_config.quant_method`` of this backend's models
+    quant_method: ClassVar[str] = ""
+    #: the module the backend's package provides (checked before loading)
+    backend_module: ClassVar[str] = ""
+
+    def quantization_config(self) -> Any:
+        """Return the transformers quantization config applied to a full-precision checkpoint."""
+        raise NotImplementedError
+
+    def load_model(self, model_id: str | os.PathLike[str], device: str = "auto",
+                   **hf_kwargs: Any) -> nn.Module:
+        """Load ``model_id`` quantized; the backend places it (on ``device`` via ``device_map``)."""
+        import importlib.util
+
+        import transformers
+
+        if importlib.util.find_spec(self.backend_module) is None:
+            raise ImportError(f"{self.name} needs {self.backend_module}: pip install "
+                              f"'pytest-invarlock[{self.name.removeprefix('hf_')}]'")
+        guard_remote_code(str(model_id), hf_kwargs)
+        if _quant_method(model_id) is None:
+            hf_kwargs.setdefault("quantization_config", self.quantization_config())
+        if hf_kwargs.get("device_map") is None:
+            hf_kwargs["device_map"] = {"": "cpu" if device == "auto" else device}
+        model: nn.Module = transformers.AutoModelForCausalLM.from_pretrained(
+            str(model_id), **local_only(model_id, hf_kwargs))
+        return model.eval()
+
+    def can_handle(self, model: Any) -> bool:
+        """Return whether ``model`` is a causal LM quantized by this backend."""
+        if not super().can_handle(model):
+            return False
+        quant = getattr(model.config, "quantization_config", None)
+        method = getattr(quant, "quant_method", None) if quant is not None else None
+        if isinstance(quant, dict):
+            method = quant.get("quant_method")
+        return str(getattr(method, "value", method)) == self.quant_method
+
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        """Describe the logical structure (as its full-precision source) and the quantization."""
+        out = super().describe(model)
+        out["total_params"] = logical_params(model)
+        out["quantization"] = {"method": self.quant_method, **self.settings(model),
+                               "quantized_modules": quantized_modules(model)}
+        return out
+
+    def settings(self, model: nn.Module) -> dict[str, Any]:
+        """Return the backend's bits and group size (None where it has none)."""
+        return {"bits": None, "group_size": None}
+
+    def snapshot(self, model: nn.Module) -> memoryview:
+        """Return every leaf the forward reads as one safetensors buffer (no pickle)."""
+        return memoryview(snapshot_leaves(model))
+
+    def restore(self, model: nn.Module, blob: bytes | bytearray | memoryview) -> None:
+        """Write a :meth:`snapshot` back in place, or raise and leave the model untouched."""
+        restore_leaves(model, bytes(blob))
+
+
+class HFTorchAoAdapter(HFQuantizedAdapter):
+    """torchao int8 weight-only (the backend's CPU path; its int4 has none)."""
+
+    name: ClassVar[str] = "hf_torchao"
+    quant_method: ClassVar[str] = "torchao"
+    backend_module: ClassVar[str] = "torchao"
+
+    def quantization_config(self) -> Any:
+        """Return int8 weight-only (config objects: transformers 5 rejects string types)."""
+        import transformers
+        from torchao.quantization import Int8WeightOnlyConfig
+
+        return transformers.TorchAoConfig(Int8WeightOnlyConfig())
+
+    def settings(self, model: nn.Module) -> dict[str, Any]:
+        """Return 8 bits, per row."""
+        return {"bits": 8, "group_size": None}
+
+
+class HFQuantoAdapter(HFQuantizedAdapter):
+    """optimum-quanto int8 weights (int4 needs a C++ toolchain on first use)."""
+
+    name: ClassVar[str] = "hf_quanto"
+    quant_method: ClassVar[str] = "quanto"
+    backend_module: ClassVar[str] = "optimum.quanto"
+
+    def quantization_config(self) -> Any:
+        """Return int8 weights."""
+        import transformers
+
+        return transformers.QuantoConfig(weights="int8")
+
+    def settings(self, model: nn.Module) -> dict[str, Any]:
+        """Return 8 bits, per channel."""
+        return {"bits": 8, "group_size": None}
+
+
+class HFBnbAdapter(HFQuantizedAdapter):
+    """bitsandbytes LLM.int8() (a pre-quantized bitsandbytes checkpoint loads as it is)."""
+
+    name: ClassVar[str] = "hf_bnb"
+    quant_method: ClassVar[str] = "bitsandbytes"
+    backend_module: ClassVar[str] = "bitsandbytes"
+
+    def quantization_config(self) -> Any:
+        """Return LLM.int8()."""
+        import transformers
+
+        return transformers.BitsAndBytesConfig(load_in_8bit=True)  # type: ignore[no-untyped-call]
+
+    def settings(self, model: nn.Module) -> dict[str, Any]:
+        """Return 8 bits, or 4 with bitsandbytes' block size of 64."""
+        quant = getattr(model.config, "quantization_config", None)
+        four = bool(getattr(quant, "load_in_4bit", False))
+        return {"bits": 4 if four else 8, "group_size": 64 if four else None}
+
+
+def _quant_method(model_id: str | os.PathLike[str]) -> str | None:
+    """Return a checkpoint's ``quant_method`` from config.json (never a config class, X9)."""
+    path = os.path.join(str(model_id), "config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        quant = json.load(handle).get("quantization_config")
+    return str(quant.get("quant_method")) if isinstance(quant, dict) else None
+
+
+# --------------------------------------------------------------------------- logical structure
+
+
+def _is_quantized_linear(module: nn.Module) -> bool:
+    """Return whether ``module`` is a linear layer whose weights a backend replaced or packed."""
+    if not (hasattr(module, "in_features") and hasattr(module, "out_features")):
+        return False
+    weight = getattr(module, "weight", None)
+    if weight is None:
+        return True  # HQQ, gptqmodel: quantized buffers, no weight at all
+    return type(weight) not in (torch.Tensor, nn.Parameter) or not weight.is_floating_point()
+
+
+def quantized_modules(model: nn.Module) -> list[str]:
+    """Return the names of the linear modules a backend quantized (sorted)."""
+    return sorted(name for name, m in model.named_modules() if _is_quantized_linear(m))
+
+
+def logical_params(model: nn.Module) -> int:
+    """Count parameters as the full-precision model has them: in*out per quantized linear.
+
+    Packed weights (bitsandbytes 4-bit stores in*out/2 bytes) and auxiliary scales, zeros and
+    indices are not parameters of the model the quantization approximates.
+    """
+    seen: set[int] = set()
+    total = 0
+    for _, module in model.named_modules():
+        quantized = _is_quantized_linear(module)
+        if quantized:
+            total += int(module.in_features) * int(module.out_features)
+        for leaf, p in module.named_parameters(recurse=False):
+            if id(p) in seen or leaf in AUXILIARY or (quantized and leaf == "weight"):
+                continue
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+# --------------------------------------------------------------------------- leaf snapshots
+
+
+def snapshot_leaves(model: nn.Module) -> bytes:
+    """Serialize every leaf (each storage once, aliases in the metadata) as safetensors."""
+    from safetensors.torch import save
+
+    from pytest_invarlock.hf_adapter import leaves
+
+    stored: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    first: dict[tuple[object, ...], str] = {}
+    for name, leaf in leaves.leaves(model).items():
+        key = leaves.storage_key(leaf.tensor)
+        if key in first:
+            aliases[name] = first[key]
+            continue
+        first[key] = name
+        stored[name] = leaf.tensor.detach().to("cpu").contiguous().clone()
+    return save(stored, metadata={"format": SNAPSHOT_FORMAT, "aliases": json.dumps(aliases)})
+
+
+def restore_leaves(model: nn.Module, blob: bytes) -> None:
+    """Check a :func:`snapshot_leaves` blob against every leaf, then copy it in place."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    from pytest_invarlock.hf_adapter import leaves
+
+    try:
+        stored = load(blob)
+        header_len = int.from_bytes(blob[:8], "little")  # the metadata lives in the header
+        meta = json.loads(blob[8:8 + header_len]).get("__metadata__", {})
+        aliases: dict[str, str] = json.loads(meta.get("aliases", "{}"))
+    except (SafetensorError, ValueError, KeyError) as exc:
+        raise SnapshotError(f"not a leaf snapshot: {exc}") from None
+    if meta.get("format") != SNAPSHOT_FORMAT:
+        raise SnapshotError(f"not a leaf snapshot: format {meta.get('format')!r}, expected "
+                            f"{SNAPSHOT_FORMAT!r}")
+    now = leaves.leaves(model)
+    named = {**{n: n for n in stored}, **aliases}
+    missing, extra = sorted(set(now) - set(named)), sorted(set(named) - set(now))
+    if missing or extra:
+        raise SnapshotError(f"the snapshot does not fit the model: missing {missing[:3]}, "
+                            f"unknown {extra[:3]}")
+    for name, source in named.items():
+        t, saved = now[name].tensor, stored.get(source)
+        if saved is None or (t.dtype, t.shape) != (saved.dtype, saved.shape):
+            raise SnapshotError(f"leaf {name!r} is {t.dtype} {list(t.shape)} in the model, "
+                                "the snapshot has another")
+    for name, source in named.items():
+        with leaves._writable(now[name].tensor):
+            now[name].tensor.copy_(stored[source])

@@ -1,0 +1,86 @@
+"""The quantized reference adapters, on real backends where installed (the cpu-quant lane's).
+
+Truth comes from outside the adapter: the full-precision adapter's describe() of the same
+checkpoint, the real model's logits and every leaf the forward reads.
+"""
+
+import importlib.util
+
+import pytest
+import torch
+
+from pytest_invarlock.adapters import quantized
+from pytest_invarlock.adapters.roles import HFCausalAdapter
+from pytest_invarlock.hf_adapter import leaves
+from pytest_invarlock.hf_adapter.fixtures import fixture_path
+
+ADAPTERS = {"hf_torchao": quantized.HFTorchAoAdapter, "hf_quanto": quantized.HFQuantoAdapter,
+            "hf_bnb": quantized.HFBnbAdapter}
+IDS = torch.arange(16).reshape(2, 8)
+LOGICAL = ("n_layer", "heads_per_layer", "gqa_config", "mlp_dims", "tying", "architecture",
+           "total_params")
+
+
+def _adapter(name):
+    cls = ADAPTERS[name]
+    if importlib.util.find_spec(cls.backend_module.split(".")[0]) is None:
+        pytest.skip(f"{cls.backend_module} is not installed (the cpu-quant lane installs it)")
+    return cls()
+
+
+def _logits(model):
+    with torch.no_grad():
+        return model(input_ids=IDS).logits
+
+
+@pytest.fixture(params=sorted(ADAPTERS))
+def loaded(request):
+    adapter = _adapter(request.param)
+    path = str(fixture_path("llama-gqa"))
+    return adapter, adapter.load_model(path, device="cpu"), path
+
+
+def test_describe_is_the_full_precision_structure_plus_the_quantization(loaded):
+    adapter, model, path = loaded
+    fp = HFCausalAdapter().describe(HFCausalAdapter().load_model(path, device="cpu"))
+    mine = adapter.describe(model)
+    assert {k: mine[k] for k in LOGICAL} == {k: fp[k] for k in LOGICAL}
+    assert mine["quantization"]["method"] == adapter.quant_method
+    assert mine["quantization"]["quantized_modules"]  # at least one module really quantized
+
+
+def test_snapshot_restore_is_bit_exact_on_every_leaf_and_the_logits(loaded):
+    adapter, model, _ = loaded
+    reference = _logits(model)
+    captured = leaves.capture(model)
+    blob = adapter.snapshot(model)
+    leaves.perturb(model, seed=5)
+    assert not torch.equal(_logits(model), reference)
+    adapter.restore(model, blob)
+    assert leaves.diff(model, captured) == []
+    assert torch.equal(_logits(model), reference)
+
+
+def test_a_damaged_snapshot_is_refused_and_the_model_untouched(loaded):
+    adapter, model, _ = loaded
+    blob = bytes(adapter.snapshot(model))
+    leaves.perturb(model, seed=6)
+    now = leaves.capture(model)
+    with pytest.raises(quantized.SnapshotError):
+        adapter.restore(model, blob[:len(blob) // 2])
+    other = HFCausalAdapter().load_model(str(fixture_path("gpt2")), device="cpu")
+    with pytest.raises(quantized.SnapshotError, match="does not fit"):
+        adapter.restore(model, quantized.snapshot_leaves(other))
+    assert leaves.diff(model, now) == []
+
+
+def test_can_handle_its_own_models_only(loaded):
+    adapter, model, path = loaded
+    assert adapter.can_handle(model) is True
+    assert adapter.can_handle(HFCausalAdapter().load_model(path, device="cpu")) is False
+
+
+def test_logical_params_of_a_full_precision_model_is_its_parameter_count():
+    model = HFCausalAdapter().load_model(str(fixture_path("llama-gqa-tied")), device="cpu")
+    assert quantized.logical_params(model) == sum(p.numel() for p in model.parameters())
+    assert quantized.quantized_modules(model) == []
