@@ -68,6 +68,10 @@ def test_a_damaged_snapshot_is_refused_and_the_model_untouched(loaded):
     now = leaves.capture(model)
     with pytest.raises(quantized.SnapshotError):
         adapter.restore(model, blob[:len(blob) // 2])
+    flipped = bytearray(blob)
+    flipped[-3] ^= 0x10  # inside the last tensor's bytes
+    with pytest.raises(quantized.SnapshotError, match="sha256"):
+        adapter.restore(model, flipped)
     other = HFCausalAdapter().load_model(str(fixture_path("gpt2")), device="cpu")
     with pytest.raises(quantized.SnapshotError, match="does not fit"):
         adapter.restore(model, quantized.snapshot_leaves(other))
@@ -84,3 +88,39 @@ def test_logical_params_of_a_full_precision_model_is_its_parameter_count():
     model = HFCausalAdapter().load_model(str(fixture_path("llama-gqa-tied")), device="cpu")
     assert quantized.logical_params(model) == sum(p.numel() for p in model.parameters())
     assert quantized.quantized_modules(model) == []
+
+
+def test_chunked_snapshots_roundtrip_and_refuse_damage(loaded, tmp_path):
+    import json
+
+    adapter, model, _ = loaded
+    reference, captured = _logits(model), leaves.capture(model)
+    root = adapter.snapshot_chunked(model, directory=str(tmp_path), chunk_bytes=4096)
+    chunks = sorted(p.name for p in (tmp_path / root).iterdir() if p.suffix == ".safetensors")
+    assert len(chunks) > 1  # the chunk size is honoured
+    leaves.perturb(model, seed=7)
+    adapter.restore_chunked(model, root)
+    assert leaves.diff(model, captured) == [] and torch.equal(_logits(model), reference)
+    target = tmp_path / root / chunks[-1]
+    data = bytearray(target.read_bytes())
+    data[-2] ^= 0x01
+    target.write_bytes(bytes(data))
+    leaves.perturb(model, seed=8)
+    now = leaves.capture(model)
+    with pytest.raises(quantized.SnapshotError, match="sha256"):
+        adapter.restore_chunked(model, root)
+    manifest = tmp_path / root / "manifest.json"
+    payload = json.loads(manifest.read_text())
+    payload["files"][0]["file"] = "../escape.safetensors"
+    manifest.write_text(json.dumps(payload))
+    with pytest.raises(quantized.SnapshotError, match="outside the snapshot"):
+        adapter.restore_chunked(model, root)
+    assert leaves.diff(model, now) == []
+
+
+def test_the_truth_of_a_quantized_model_is_that_of_its_full_precision_source(loaded):
+    from pytest_invarlock.hf_adapter import truth
+
+    _, model, path = loaded
+    fp = truth.derive(HFCausalAdapter().load_model(path, device="cpu"))
+    assert truth.derive(model) == fp

@@ -26,6 +26,9 @@ from pytest_invarlock.adapters.roles import HFCausalAdapter
 AUXILIARY = frozenset({"weight_scale", "weight_shape", "weight_zero_point", "SCB", "absmax",
                        "scales", "qzeros", "g_idx", "input_scale", "output_scale"})
 SNAPSHOT_FORMAT = "pytest-invarlock-leaves-v1"
+CHUNKED_FORMAT = "pytest-invarlock-leaves-chunked-v1"
+DEFAULT_CHUNK_BYTES = 256 << 20
+MANIFEST = "manifest.json"
 
 
 class SnapshotError(ValueError):
@@ -93,6 +96,17 @@ class HFQuantizedAdapter(HFCausalAdapter):
     def restore(self, model: nn.Module, blob: bytes | bytearray | memoryview) -> None:
         """Write a :meth:`snapshot` back in place, or raise and leave the model untouched."""
         restore_leaves(model, bytes(blob))
+
+    def snapshot_chunked(self, model: nn.Module, *, prefix: str = "invarlock-snap-",
+                         directory: str | None = None,
+                         chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> str:
+        """Write the leaves as safetensors chunks of at most ``chunk_bytes`` plus a manifest."""
+        return snapshot_leaves_chunked(model, prefix=prefix, directory=directory,
+                                       chunk_bytes=chunk_bytes)
+
+    def restore_chunked(self, model: nn.Module, path: str | os.PathLike[str]) -> None:
+        """Check every file of a :meth:`snapshot_chunked` directory, then restore in place."""
+        restore_leaves_chunked(model, path)
 
 
 class HFTorchAoAdapter(HFQuantizedAdapter):
@@ -207,19 +221,17 @@ def snapshot_leaves(model: nn.Module) -> bytes:
     """Serialize every leaf (each storage once, aliases in the metadata) as safetensors."""
     from safetensors.torch import save
 
-    from pytest_invarlock.hf_adapter import leaves
+    stored, aliases = _unique_leaves(model)
+    digests = {name: _digest(t) for name, t in stored.items()}
+    return save(stored, metadata={"format": SNAPSHOT_FORMAT, "aliases": json.dumps(aliases),
+                                  "sha256": json.dumps(digests)})
 
-    stored: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    first: dict[tuple[object, ...], str] = {}
-    for name, leaf in leaves.leaves(model).items():
-        key = leaves.storage_key(leaf.tensor)
-        if key in first:
-            aliases[name] = first[key]
-            continue
-        first[key] = name
-        stored[name] = leaf.tensor.detach().to("cpu").contiguous().clone()
-    return save(stored, metadata={"format": SNAPSHOT_FORMAT, "aliases": json.dumps(aliases)})
+
+def _digest(t: torch.Tensor) -> str:
+    """Return the sha256 of a tensor's raw bytes."""
+    import hashlib
+
+    return hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
 def restore_leaves(model: nn.Module, blob: bytes) -> None:
@@ -227,18 +239,29 @@ def restore_leaves(model: nn.Module, blob: bytes) -> None:
     from safetensors import SafetensorError
     from safetensors.torch import load
 
-    from pytest_invarlock.hf_adapter import leaves
 
     try:
         stored = load(blob)
         header_len = int.from_bytes(blob[:8], "little")  # the metadata lives in the header
         meta = json.loads(blob[8:8 + header_len]).get("__metadata__", {})
         aliases: dict[str, str] = json.loads(meta.get("aliases", "{}"))
+        digests: dict[str, str] = json.loads(meta.get("sha256", "{}"))
     except (SafetensorError, ValueError, KeyError) as exc:
         raise SnapshotError(f"not a leaf snapshot: {exc}") from None
     if meta.get("format") != SNAPSHOT_FORMAT:
         raise SnapshotError(f"not a leaf snapshot: format {meta.get('format')!r}, expected "
                             f"{SNAPSHOT_FORMAT!r}")
+    damaged = sorted(n for n, t in stored.items() if digests.get(n) != _digest(t))
+    if damaged:
+        raise SnapshotError(f"the snapshot is damaged: {damaged[:3]} do not match their sha256")
+    _write_leaves(model, stored, aliases)
+
+
+def _write_leaves(model: nn.Module, stored: dict[str, torch.Tensor],
+                  aliases: dict[str, str]) -> None:
+    """Check ``stored`` fits every leaf of ``model`` (names, dtypes, shapes), then copy it in."""
+    from pytest_invarlock.hf_adapter import leaves
+
     now = leaves.leaves(model)
     named = {**{n: n for n in stored}, **aliases}
     missing, extra = sorted(set(now) - set(named)), sorted(set(named) - set(now))
@@ -253,3 +276,84 @@ def restore_leaves(model: nn.Module, blob: bytes) -> None:
     for name, source in named.items():
         with leaves._writable(now[name].tensor):
             now[name].tensor.copy_(stored[source])
+
+def _unique_leaves(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Return each storage's first leaf (copied to the CPU) and the aliases of the others."""
+    from pytest_invarlock.hf_adapter import leaves
+
+    stored: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    first: dict[tuple[object, ...], str] = {}
+    for name, leaf in leaves.leaves(model).items():
+        key = leaves.storage_key(leaf.tensor)
+        if key in first:
+            aliases[name] = first[key]
+            continue
+        first[key] = name
+        stored[name] = leaf.tensor.detach().to("cpu").contiguous().clone()
+    return stored, aliases
+
+
+def snapshot_leaves_chunked(model: nn.Module, *, prefix: str, directory: str | None,
+                            chunk_bytes: int) -> str:
+    """Write the leaves in chunk files of at most ``chunk_bytes`` (one tensor may exceed it)."""
+    import hashlib
+    import tempfile
+
+    from safetensors.torch import save
+
+    stored, aliases = _unique_leaves(model)
+    root = tempfile.mkdtemp(prefix=prefix, dir=directory)
+    groups: list[list[str]] = [[]]
+    size = 0
+    for name, t in stored.items():
+        nbytes = t.numel() * t.element_size()
+        if groups[-1] and size + nbytes > chunk_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(name)
+        size += nbytes
+    files = []
+    for index, names in enumerate(groups):
+        data = save({n: stored[n] for n in names})
+        file = f"chunk-{index:05d}.safetensors"
+        with open(os.path.join(root, file), "wb") as handle:
+            handle.write(data)
+        files.append({"file": file, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                      "tensors": names})
+    with open(os.path.join(root, MANIFEST), "w", encoding="utf-8") as handle:
+        json.dump({"format": CHUNKED_FORMAT, "files": files, "aliases": aliases}, handle)
+    return root
+
+
+def restore_leaves_chunked(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Verify the manifest and every chunk (name, size, sha256), then copy the leaves in place."""
+    import hashlib
+    import re
+
+    from safetensors.torch import load
+
+    root = os.fspath(path)
+    try:
+        with open(os.path.join(root, MANIFEST), encoding="utf-8") as handle:
+            manifest = json.load(handle)
+        if manifest.get("format") != CHUNKED_FORMAT:
+            raise SnapshotError(f"{root}/{MANIFEST}: format {manifest.get('format')!r}, "
+                                f"expected {CHUNKED_FORMAT!r}")
+        stored: dict[str, torch.Tensor] = {}
+        for entry in manifest["files"]:
+            file = str(entry["file"])
+            if not re.fullmatch(r"chunk-\d{5}\.safetensors", file):
+                raise SnapshotError(f"{root}/{MANIFEST}: chunk name {file!r} is not one this "
+                                    "format writes (no paths outside the snapshot)")
+            with open(os.path.join(root, file), "rb") as handle:
+                data = handle.read()
+            if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                raise SnapshotError(f"{root}/{file}: size or sha256 differs from the manifest")
+            stored.update(load(data))
+        aliases = {str(k): str(v) for k, v in manifest.get("aliases", {}).items()}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if isinstance(exc, SnapshotError):
+            raise
+        raise SnapshotError(f"{root}: not a readable leaf snapshot ({exc})") from None
+    _write_leaves(model, stored, aliases)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, cast
+from weakref import WeakKeyDictionary
 
 import torch
 from torch import nn
@@ -30,8 +31,32 @@ class State:
     groups: tuple[tuple[str, ...], ...]
 
 
+_DEEP: WeakKeyDictionary[nn.Module, bool] = WeakKeyDictionary()
+
+
+def deep(model: nn.Module) -> bool:
+    """Return whether ``model`` holds state beyond plain parameters and buffers (quantized).
+
+    Decided once per model object: a backend's kind of state does not change while it lives.
+    """
+    found = _DEEP.get(model)
+    if found is None:
+        from pytest_invarlock.hf_adapter import leaves
+
+        found = _DEEP[model] = leaves.is_quantized(model)
+    return found
+
+
 def named_tensors(model: nn.Module) -> dict[str, tuple[torch.Tensor, bool]]:
-    """Return every parameter and buffer by name (tied names included) with an is-parameter flag."""
+    """Return every parameter and buffer by name (tied names included) with an is-parameter flag.
+
+    For a quantized model: every leaf its forward reads (see leaves.py), parameters flagged.
+    """
+    if deep(model):
+        from pytest_invarlock.hf_adapter import leaves
+
+        return {n: (leaf.tensor, leaf.kind == "parameter")
+                for n, leaf in leaves.leaves(model).items()}
     out: dict[str, tuple[torch.Tensor, bool]] = {
         n: (p, True) for n, p in model.named_parameters(remove_duplicate=False)
     }
@@ -44,6 +69,8 @@ def storage_key(t: torch.Tensor) -> tuple[object, ...]:
     """Return what identifies the memory a tensor views (same key = same values, always)."""
     if t.numel() == 0:
         return ("empty", id(t))
+    if t.device.type == "meta":  # no memory: only the object (a tied parameter is one object)
+        return ("meta", id(t))
     return (str(t.device), t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
             t.stride(), t.dtype)
 
@@ -122,6 +149,14 @@ def _perturb_tensor(t: torch.Tensor, generator: torch.Generator) -> None:
 def reset(model: nn.Module, state: State) -> None:
     """Put ``state`` back into ``model`` (values, dtypes, devices and ties), whatever changed."""
     now = named_tensors(model)
+    if deep(model):  # leaves are written in place: a rebind would leave the backend's old ones
+        from pytest_invarlock.hf_adapter.leaves import _writable
+
+        for name, saved in state.tensors.items():
+            if name in now and now[name][0].shape == saved.value.shape:
+                with _writable(now[name][0]):
+                    now[name][0].copy_(saved.value)
+        return
     with torch.no_grad():
         for name, saved in state.tensors.items():
             if name in now:

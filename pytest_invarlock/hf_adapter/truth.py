@@ -16,7 +16,7 @@ described by that one, while a model whose config says it is an encoder-decoder 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -433,7 +433,36 @@ def _mlp_width(shapes: dict[str, Shape], layer: str, stack: Stack) -> int:
 
 
 def derive(model: nn.Module) -> Truth:
-    """Derive the truth about ``model`` from its config, parameter shapes and storage."""
+    """Derive the truth about ``model`` from its config, parameter shapes and storage.
+
+    A quantized model's own tensors are packed, wrapped or missing (research, trap X4): its
+    truth is that of its full-precision source, the same class built by transformers from the
+    same config on the meta device, with the real model's device and class.
+    """
+    from pytest_invarlock.hf_adapter.state import deep
+
+    if deep(model):
+        source = _derive(full_precision_source(model))
+        return replace(source, device=str(next(model.parameters()).device),
+                       model_class=type(model).__name__)
+    return _derive(model)
+
+
+def full_precision_source(model: nn.Module) -> nn.Module:
+    """Return ``model``'s class built from its config, unquantized, on the meta device."""
+    import copy
+
+    hf: Any = model
+    config = copy.deepcopy(hf.config)
+    for key in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, key):
+            delattr(config, key)
+    with torch.device("meta"):
+        source: nn.Module = type(model)(config)
+    return source
+
+
+def _derive(model: nn.Module) -> Truth:
     config = text_config(model)
     family = str(config.model_type)
     rule = rule_for(family)
