@@ -101,6 +101,20 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", "-n", "2", *session.posargs, env={"HF_HUB_OFFLINE": "1"})
 
 
+@nox.session(name="tests-quant")
+def tests_quant(session: nox.Session) -> None:
+    """Run the tests of the quantized backends with torchao, optimum-quanto and bitsandbytes.
+
+    The default ``tests`` session installs no backend, so these tests skip there (saying which
+    backend is missing); here they run for real on the CPU: the suite's deep view of state
+    (leaves), the quantized reference adapters, and broken quantized adapters failing exactly
+    the check they break. Kept out of ``tests``: the backends add minutes of installing.
+    """
+    session.install(*CPU_PIN, "-e", ".[dev,torchao,quanto,bnb]")
+    session.run("pytest", "tests/test_leaves.py", "tests/test_quantized_adapters.py",
+                *session.posargs, env={"HF_HUB_OFFLINE": "1"})
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """Run ruff over the whole tree and mypy over what pyproject.toml's ``[tool.mypy]`` names.

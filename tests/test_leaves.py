@@ -77,7 +77,7 @@ def _quantized(backend):
 
 
 @pytest.mark.parametrize("backend, hidden", [("torchao", "inner"), ("quanto", "inner"),
-                                             ("bnb8", "module_state")])
+                                             ("bnb8", "quant_state")])
 def test_the_leaves_of_a_quantized_model_reach_its_hidden_state(backend, hidden):
     model = _quantized(backend)
     reference = _logits(model)  # bitsandbytes moves its int8 scales on the first forward
@@ -149,3 +149,12 @@ def test_the_full_precision_source_of_a_model_is_its_class_on_the_meta_device():
     assert state.storage_groups(source) == state.storage_groups(model)
     assert truth._derive(source).__dict__ | {"device": "cpu"} == truth.derive(model).__dict__
     assert not state.deep(model)
+
+
+def test_bitsandbytes_int8_leaves_keep_their_names_across_the_first_forward():
+    """The first forward moves SCB from the weight to module.state (trap X1): same leaf name."""
+    model = _quantized("bnb8")
+    before = leaves.capture(model)
+    assert any(n.endswith("weight.SCB") for n in before)
+    _logits(model)
+    assert set(leaves.leaves(model)) == set(before) and leaves.diff(model, before) == []

@@ -124,3 +124,42 @@ def test_the_truth_of_a_quantized_model_is_that_of_its_full_precision_source(loa
     _, model, path = loaded
     fp = truth.derive(HFCausalAdapter().load_model(path, device="cpu"))
     assert truth.derive(model) == fp
+
+
+class _ShallowBnb(quantized.HFBnbAdapter):
+    """Snapshots parameters and buffers only: misses bitsandbytes' int8 scales (SCB)."""
+
+    name = "shallow_bnb"
+
+    def snapshot(self, model):
+        from pytest_invarlock.adapters import snapshot
+
+        return snapshot.snapshot_bytes(model)
+
+    def restore(self, model, blob):
+        from pytest_invarlock.adapters import snapshot
+
+        snapshot.restore_bytes(model, blob)
+
+
+class _PackedTotal(quantized.HFTorchAoAdapter):
+    """Counts parameters as stored, not as the full-precision model has them."""
+
+    name = "packed_total"
+
+    def describe(self, model):
+        return {**super().describe(model), "total_params": quantized.logical_params(model) - 1}
+
+
+@pytest.mark.parametrize("broken, backend, failing", [
+    (_ShallowBnb, "bitsandbytes", {"check_snapshot_roundtrip_bytes"}),
+    (_PackedTotal, "torchao", {"check_describe_total_params"}),
+])
+def test_a_broken_quantized_adapter_fails_exactly_its_check(broken, backend, failing):
+    from pytest_invarlock.api import check_adapter
+
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed (the cpu-quant lane installs it)")
+    results = check_adapter(broken(), str(fixture_path("llama-gqa")))
+    assert {r.check for r in results if r.outcome in ("failed", "error")} == failing, [
+        (r.check, r.outcome, r.reason[:200]) for r in results if r.outcome != "passed"]

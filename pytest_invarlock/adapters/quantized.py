@@ -44,6 +44,20 @@ class HFQuantizedAdapter(HFCausalAdapter):
     #: the module the backend's package provides (checked before loading)
     backend_module: ClassVar[str] = ""
 
+    #: the pip extra that installs the backend (spec 001's ``required_extra``)
+    extra: ClassVar[str] = ""
+
+    @property
+    def capabilities(self) -> dict[str, Any]:
+        """Return this adapter's claims: exact leaf snapshots, the backend places the model.
+
+        Declared here until the adapter is registered (its contract entry then takes over).
+        """
+        return {"snapshot_restore": "full", "guard_coverage": "full",
+                "platform_support": "CPU and CUDA where the backend runs",
+                "runtime_constraints": ["device_movement_managed_by_backend"],
+                "required_extra": self.extra, "degraded_modes": []}
+
     def quantization_config(self) -> Any:
         """Return the transformers quantization config applied to a full-precision checkpoint."""
         raise NotImplementedError
@@ -57,7 +71,7 @@ class HFQuantizedAdapter(HFCausalAdapter):
 
         if importlib.util.find_spec(self.backend_module) is None:
             raise ImportError(f"{self.name} needs {self.backend_module}: pip install "
-                              f"'pytest-invarlock[{self.name.removeprefix('hf_')}]'")
+                              f"'pytest-invarlock[{self.extra}]'")
         guard_remote_code(str(model_id), hf_kwargs)
         if _quant_method(model_id) is None:
             hf_kwargs.setdefault("quantization_config", self.quantization_config())
@@ -115,6 +129,7 @@ class HFTorchAoAdapter(HFQuantizedAdapter):
     name: ClassVar[str] = "hf_torchao"
     quant_method: ClassVar[str] = "torchao"
     backend_module: ClassVar[str] = "torchao"
+    extra: ClassVar[str] = "torchao"
 
     def quantization_config(self) -> Any:
         """Return int8 weight-only (config objects: transformers 5 rejects string types)."""
@@ -134,6 +149,7 @@ class HFQuantoAdapter(HFQuantizedAdapter):
     name: ClassVar[str] = "hf_quanto"
     quant_method: ClassVar[str] = "quanto"
     backend_module: ClassVar[str] = "optimum.quanto"
+    extra: ClassVar[str] = "quanto"
 
     def quantization_config(self) -> Any:
         """Return int8 weights."""
@@ -152,6 +168,7 @@ class HFBnbAdapter(HFQuantizedAdapter):
     name: ClassVar[str] = "hf_bnb"
     quant_method: ClassVar[str] = "bitsandbytes"
     backend_module: ClassVar[str] = "bitsandbytes"
+    extra: ClassVar[str] = "bnb"
 
     def quantization_config(self) -> Any:
         """Return LLM.int8()."""
@@ -346,7 +363,11 @@ def restore_leaves_chunked(model: nn.Module, path: str | os.PathLike[str]) -> No
             if not re.fullmatch(r"chunk-\d{5}\.safetensors", file):
                 raise SnapshotError(f"{root}/{MANIFEST}: chunk name {file!r} is not one this "
                                     "format writes (no paths outside the snapshot)")
-            with open(os.path.join(root, file), "rb") as handle:
+            where = os.path.join(root, file)
+            if os.path.islink(where) or not os.path.isfile(where):
+                raise SnapshotError(f"{where}: not a plain file of the snapshot (a symlink or "
+                                    "missing); nothing outside the snapshot is read")
+            with open(where, "rb") as handle:
                 data = handle.read()
             if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
                 raise SnapshotError(f"{root}/{file}: size or sha256 differs from the manifest")

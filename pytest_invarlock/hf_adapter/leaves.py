@@ -44,7 +44,7 @@ class Leaf:
     """One plain tensor the forward may read, and what holds it."""
 
     tensor: torch.Tensor
-    #: parameter, buffer, inner (a tensor subclass's), quant_state, module_state, meta or cache
+    #: parameter, buffer, inner (a tensor subclass's), quant_state, meta or cache
     kind: str
 
 
@@ -77,14 +77,31 @@ def _expand(name: str, t: torch.Tensor, kind: str) -> dict[str, Leaf]:
         inner_names, _ = t.__tensor_flatten__()  # type: ignore[attr-defined]
         for inner in inner_names:
             out.update(_expand(f"{name}#{inner}", getattr(t, inner), "inner"))
-    for field in INT8_FIELDS:  # bitsandbytes Int8Params, before the first forward
-        value = getattr(t, field, None) if type(t).__name__ == "Int8Params" else None
-        if isinstance(value, torch.Tensor):
-            out[f"{name}.{field}"] = Leaf(value, "quant_state")
+    if type(t).__name__ == "Int8Params":  # bitsandbytes int8, before the first forward
+        out.update(_int8_fields(name, t, t))
     state = getattr(t, "quant_state", None)  # bitsandbytes Params4bit
     if state is not None and not isinstance(state, torch.Tensor):
         for key, value in _quant_state(state, f"{name}.quant_state"):
             out[key] = Leaf(value, "quant_state")
+    return out
+
+
+def _int8_fields(name: str, holder: Any, weight: torch.Tensor) -> dict[str, Leaf]:
+    """Return bitsandbytes' int8 ``SCB`` (and ``CB`` unless it is the weight's own storage).
+
+    The first forward moves them from the weight to ``module.state``; they keep one name
+    (``<weight>.SCB``) wherever they are, so a snapshot taken before that forward still names
+    the same leaves after it (research, trap X1).
+    """
+    out: dict[str, Leaf] = {}
+    for field in INT8_FIELDS:
+        value = getattr(holder, field, None)
+        if not isinstance(value, torch.Tensor):
+            continue
+        if field == "CB" and value.numel() and weight.numel() and (
+                value.untyped_storage().data_ptr() == weight.untyped_storage().data_ptr()):
+            continue  # the int8 weight itself: the weight's leaf holds these bytes
+        out[f"{name}.{field}"] = Leaf(value, "quant_state")
     return out
 
 
@@ -101,11 +118,9 @@ def _quant_state(state: Any, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
 def _hidden(module: nn.Module, prefix: str) -> Iterator[tuple[str, Leaf]]:
     """Yield the tensors a module's forward reads that are neither parameters nor buffers."""
     state = vars(module).get("state")  # bitsandbytes MatmulLtState, after the first forward
-    if state is not None and type(state).__name__ == "MatmulLtState":
-        for field in INT8_FIELDS:
-            value = getattr(state, field, None)
-            if isinstance(value, torch.Tensor):
-                yield f"{prefix}state.{field}", Leaf(value, "module_state")
+    weight = getattr(module, "weight", None)
+    if state is not None and type(state).__name__ == "MatmulLtState" and weight is not None:
+        yield from _int8_fields(f"{prefix}weight", state, weight).items()
     meta = vars(module).get("meta")  # HQQLinear
     if isinstance(meta, dict):
         for key in sorted(meta):
@@ -184,9 +199,11 @@ def _perturb(t: torch.Tensor, generator: torch.Generator) -> None:
 def restore(model: nn.Module, captured: dict[str, torch.Tensor]) -> None:
     """Write ``captured`` back into the leaves of ``model`` in place (names and shapes must match)."""
     now = leaves(model)
-    wrong = [n for n in captured if n not in now or now[n].tensor.shape != captured[n].shape]
+    wrong = [n for n in captured if n not in now or (now[n].tensor.shape, now[n].tensor.dtype)
+             != (captured[n].shape, captured[n].dtype)]
     if wrong:
-        raise ValueError(f"cannot restore {wrong[:3]}: no such leaf of that shape in the model")
+        raise ValueError(f"cannot restore {wrong[:3]}: no such leaf of that shape and dtype in "
+                         "the model")
     for name, saved in captured.items():
         with _writable(now[name].tensor):
             now[name].tensor.copy_(saved)

@@ -85,7 +85,12 @@ class HFAdapterProfile:
             if state.diff(subject.model, subject.saved):
                 state.reset(subject.model, subject.saved)
         elif leaves.diff(subject.model, subject.saved):  # a quantized subject: in place
-            leaves.restore(subject.model, subject.saved)
+            try:
+                leaves.restore(subject.model, subject.saved)
+            except ValueError:  # a dtype or shape changed (torchao casts silently): load afresh
+                subject.model = subject.adapter.load_model(subject.ctx.model_path,
+                                                           device=subject.ctx.device)
+                subject.saved = leaves.capture(subject.model)
 
     def load_error(self, case: Case, exc: BaseException) -> str:
         """Return one line saying why ``case`` did not load: the file at fault when one is."""

@@ -57,6 +57,11 @@ def named_tensors(model: nn.Module) -> dict[str, tuple[torch.Tensor, bool]]:
 
         return {n: (leaf.tensor, leaf.kind == "parameter")
                 for n, leaf in leaves.leaves(model).items()}
+    return registered(model)
+
+
+def registered(model: nn.Module) -> dict[str, tuple[torch.Tensor, bool]]:
+    """Return the parameters and buffers modules register (tied names included), flagged."""
     out: dict[str, tuple[torch.Tensor, bool]] = {
         n: (p, True) for n, p in model.named_parameters(remove_duplicate=False)
     }

@@ -30,7 +30,8 @@ def mixed_flags(model: nn.Module) -> Iterator[None]:
     then changes something observable, whichever way it switches.
     """
     modules = list(model.modules())
-    params = list(model.parameters())
+    # only floating-point tensors can require gradients (a quantized model has int8 ones)
+    params = [p for p in model.parameters() if p.is_floating_point() or p.is_complex()]
     modes = [m.training for m in modules]
     grads = [p.requires_grad for p in params]
     try:
@@ -64,7 +65,7 @@ class Held:
 def held(model: nn.Module) -> dict[str, Held]:
     """Return every parameter and buffer by name (tied names included), the object kept."""
     found = {}
-    for name, (t, is_param) in state.named_tensors(model).items():
+    for name, (t, is_param) in state.registered(model).items():  # objects modules hold
         owner, leaf = _owner(model, name)
         persistent = is_param or leaf not in owner._non_persistent_buffers_set
         found[name] = Held(t, is_param, t.requires_grad, persistent)
