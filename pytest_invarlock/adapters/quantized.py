@@ -296,13 +296,13 @@ def _write_leaves(model: nn.Module, stored: dict[str, torch.Tensor],
 
 def _unique_leaves(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Return each storage's first leaf (copied to the CPU) and the aliases of the others."""
-    from pytest_invarlock.hf_adapter import leaves
+    from pytest_invarlock.hf_adapter import leaves, state
 
     stored: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     first: dict[tuple[object, ...], str] = {}
     for name, leaf in leaves.leaves(model).items():
-        key = leaves.storage_key(leaf.tensor)
+        key = state.storage_key(leaf.tensor)
         if key in first:
             aliases[name] = first[key]
             continue

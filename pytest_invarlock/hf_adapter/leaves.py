@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pytest_invarlock.hf_adapter.state import _perturb_tensor, bits, storage_key
+
 #: unregistered tensors gptqmodel's CPU kernels read in the forward
 CACHE_ATTRIBUTES = ("scales_and_zeros", "ret_idx")
 #: tensor fields of a bitsandbytes ``QuantState`` (``state2`` is a nested one)
@@ -140,22 +142,10 @@ def is_quantized(model: nn.Module) -> bool:
 # --------------------------------------------------------------------------- using the leaves
 
 
-def storage_key(t: torch.Tensor) -> tuple[object, ...]:
-    """Return what identifies the memory a plain tensor views (same key = same values)."""
-    if t.numel() == 0:
-        return ("empty", id(t))
-    return (str(t.device), t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
-            t.stride(), t.dtype)
-
-
 def capture(model: nn.Module) -> dict[str, torch.Tensor]:
     """Copy every leaf of ``model`` to the CPU."""
     return {name: leaf.tensor.detach().to("cpu", copy=True)
             for name, leaf in leaves(model).items()}
-
-
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
 
 
 def diff(model: nn.Module, captured: dict[str, torch.Tensor]) -> list[str]:
@@ -168,7 +158,7 @@ def diff(model: nn.Module, captured: dict[str, torch.Tensor]) -> list[str]:
         if (t.dtype, tuple(t.shape)) != (saved.dtype, tuple(saved.shape)):
             problems.append(f"{name!r} is {t.dtype} {list(t.shape)}, expected {saved.dtype} "
                             f"{list(saved.shape)}")
-        elif not torch.equal(_bits(t), _bits(saved)):
+        elif not torch.equal(bits(t), bits(saved)):
             problems.append(f"{name!r} differs from the original")
     return problems
 
@@ -183,17 +173,7 @@ def perturb(model: nn.Module, seed: int = 0) -> None:
             continue
         seen.add(key)
         with _writable(leaf.tensor):
-            _perturb(leaf.tensor, generator)
-
-
-def _perturb(t: torch.Tensor, generator: torch.Generator) -> None:
-    if t.dtype == torch.bool:
-        t.logical_not_()
-    elif t.is_floating_point():
-        step = torch.rand(t.shape, generator=generator) * 0.5 + 0.25
-        t.add_(step.to(t.device, t.dtype).abs().clamp_min(0.25))
-    else:
-        t.add_(1)
+            _perturb_tensor(leaf.tensor, generator)
 
 
 def restore(model: nn.Module, captured: dict[str, torch.Tensor]) -> None:
