@@ -126,12 +126,13 @@ def test_the_profile_loads_a_quantized_subject_and_puts_its_leaves_back(backend,
     assert leaves.is_quantized(model)
     adapter = type("Quantized", (), {"quantized": True})()
     saved = _capture(adapter, model)
-    assert isinstance(saved, dict)  # every leaf, not the parameter view
+    assert set(saved.tensors) == set(leaves.leaves(model))  # every leaf, not the parameter view
     subject = Subject(Case("hf_adapter", "q", "q", "llama-gqa", None), adapter, model, None,
                       HFAdapterProfile(), saved)
     leaves.perturb(model, seed=3)
     subject.profile.put_back(subject)
-    assert leaves.diff(model, subject.saved) == []
+    assert subject.model is model  # written back in place, not reloaded
+    assert state.diff(model, subject.saved) == []
     assert torch.equal(_logits(model), reference)
 
 

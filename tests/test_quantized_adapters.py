@@ -163,3 +163,57 @@ def test_a_broken_quantized_adapter_fails_exactly_its_check(broken, backend, fai
     results = check_adapter(broken(), str(fixture_path("llama-gqa")))
     assert {r.check for r in results if r.outcome in ("failed", "error")} == failing, [
         (r.check, r.outcome, r.reason[:200]) for r in results if r.outcome != "passed"]
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTERS))
+def test_put_back_reties_and_reloads_what_cannot_be_written_in_place(name):
+    """After a check unties the embeddings, or casts the model, the next check gets it back."""
+    from types import SimpleNamespace
+
+    from pytest_invarlock.hf_adapter import state
+    from pytest_invarlock.hf_adapter.profile import HFAdapterProfile, _capture
+    from pytest_invarlock.profile import Case, Subject
+
+    adapter = _adapter(name)
+    path = str(fixture_path("llama-gqa-tied"))
+    model = adapter.load_model(path, device="cpu")
+    reference, groups = _logits(model), state.storage_groups(model)
+    assert groups  # the embeddings and the LM head share one tensor
+    ctx = SimpleNamespace(model_path=path, device="cpu")
+    subject = Subject(Case("hf_adapter", name, name, "llama-gqa-tied", path), adapter, model,
+                      ctx, HFAdapterProfile(), _capture(adapter, model))
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())  # untie
+    leaves.perturb(model, seed=4)
+    subject.profile.put_back(subject)
+    assert subject.model is model and state.storage_groups(model) == groups
+    assert torch.equal(_logits(model), reference)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.data = model.model.embed_tokens.weight.data.half()
+    subject.profile.put_back(subject)  # a dtype cannot be written back in place: load afresh
+    assert subject.model is not model and state.diff(subject.model, subject.saved) == []
+    assert torch.equal(_logits(subject.model), reference)
+
+
+def test_malformed_leaf_snapshots_are_refused_with_snapshot_errors(loaded, tmp_path):
+    import json
+
+    adapter, model, _ = loaded
+    now = leaves.capture(model)
+    from safetensors.torch import save
+
+    for metadata in ({"format": quantized.SNAPSHOT_FORMAT, "aliases": "[]", "sha256": "{}"},
+                     {"format": quantized.SNAPSHOT_FORMAT, "aliases": "{}", "sha256": "[]"}):
+        with pytest.raises(quantized.SnapshotError):
+            adapter.restore(model, save({"x": torch.zeros(1)}, metadata=metadata))
+    root = tmp_path / "snap"
+    root.mkdir()
+    (root / "manifest.json").write_text(json.dumps([1, 2]))
+    with pytest.raises(quantized.SnapshotError, match="manifest"):
+        adapter.restore_chunked(model, root)
+    (root / "manifest.json").unlink()
+    outside = tmp_path / "elsewhere.json"
+    outside.write_text(json.dumps({"format": quantized.CHUNKED_FORMAT, "files": []}))
+    (root / "manifest.json").symlink_to(outside)
+    with pytest.raises(quantized.SnapshotError, match="symlink"):
+        adapter.restore_chunked(model, root)
+    assert leaves.diff(model, now) == []

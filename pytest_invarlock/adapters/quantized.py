@@ -263,7 +263,9 @@ def restore_leaves(model: nn.Module, blob: bytes) -> None:
         meta = json.loads(blob[8:8 + header_len]).get("__metadata__", {})
         aliases: dict[str, str] = json.loads(meta.get("aliases", "{}"))
         digests: dict[str, str] = json.loads(meta.get("sha256", "{}"))
-    except (SafetensorError, ValueError, KeyError) as exc:
+        if not (isinstance(aliases, dict) and isinstance(digests, dict)):
+            raise ValueError("aliases and sha256 must be JSON objects")
+    except (SafetensorError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise SnapshotError(f"not a leaf snapshot: {exc}") from None
     if meta.get("format") != SNAPSHOT_FORMAT:
         raise SnapshotError(f"not a leaf snapshot: format {meta.get('format')!r}, expected "
@@ -293,6 +295,21 @@ def _write_leaves(model: nn.Module, stored: dict[str, torch.Tensor],
     for name, source in named.items():
         with leaves._writable(now[name].tensor):
             now[name].tensor.copy_(stored[source])
+    _retie(model, aliases)
+
+
+def _retie(model: nn.Module, aliases: dict[str, str]) -> None:
+    """Make parameters that shared one tensor at snapshot time share it again (an edit untied)."""
+    from pytest_invarlock.hf_adapter import state
+
+    held = state.registered(model)
+    for name, source in aliases.items():
+        if not (name in held and source in held and held[name][1] and held[source][1]):
+            continue
+        if state.storage_key(held[name][0]) != state.storage_key(held[source][0]):
+            path, _, leaf = name.rpartition(".")
+            owner = model.get_submodule(path) if path else model
+            owner._parameters[leaf] = held[source][0]  # type: ignore[assignment]
 
 def _unique_leaves(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Return each storage's first leaf (copied to the CPU) and the aliases of the others."""
@@ -352,8 +369,13 @@ def restore_leaves_chunked(model: nn.Module, path: str | os.PathLike[str]) -> No
 
     root = os.fspath(path)
     try:
+        if os.path.islink(os.path.join(root, MANIFEST)):
+            raise SnapshotError(f"{root}/{MANIFEST} is a symlink: nothing outside the snapshot "
+                                "is read")
         with open(os.path.join(root, MANIFEST), encoding="utf-8") as handle:
             manifest = json.load(handle)
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
+            raise SnapshotError(f"{root}/{MANIFEST}: not a leaf snapshot manifest")
         if manifest.get("format") != CHUNKED_FORMAT:
             raise SnapshotError(f"{root}/{MANIFEST}: format {manifest.get('format')!r}, "
                                 f"expected {CHUNKED_FORMAT!r}")
@@ -371,9 +393,13 @@ def restore_leaves_chunked(model: nn.Module, path: str | os.PathLike[str]) -> No
                 data = handle.read()
             if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
                 raise SnapshotError(f"{root}/{file}: size or sha256 differs from the manifest")
-            stored.update(load(data))
+            chunk = load(data)
+            if sorted(chunk) != sorted(entry["tensors"]) or set(chunk) & set(stored):
+                raise SnapshotError(f"{root}/{file}: holds other tensors than the manifest lists "
+                                    "for it")
+            stored.update(chunk)
         aliases = {str(k): str(v) for k, v in manifest.get("aliases", {}).items()}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         if isinstance(exc, SnapshotError):
             raise
         raise SnapshotError(f"{root}: not a readable leaf snapshot ({exc})") from None

@@ -78,19 +78,27 @@ class HFAdapterProfile:
         return None if answer is True else f"can_handle() returned {answer!r}"
 
     def put_back(self, subject: Subject[nn.Module]) -> None:
-        """Reset every parameter and buffer the check changed (untouched models keep their ties)."""
-        from pytest_invarlock.hf_adapter import leaves, state
+        """Reset every tensor the check changed (untouched models keep their ties).
 
-        if isinstance(subject.saved, state.State):
-            if state.diff(subject.model, subject.saved):
-                state.reset(subject.model, subject.saved)
-        elif leaves.diff(subject.model, subject.saved):  # a quantized subject: in place
-            try:
-                leaves.restore(subject.model, subject.saved)
-            except ValueError:  # a dtype or shape changed (torchao casts silently): load afresh
-                subject.model = subject.adapter.load_model(subject.ctx.model_path,
-                                                           device=subject.ctx.device)
-                subject.saved = leaves.capture(subject.model)
+        A quantized subject is written back in place and checked again; what cannot be put back
+        that way (a dtype cast, a leaf gone or new) is loaded afresh.
+        """
+        from pytest_invarlock.hf_adapter import state
+
+        if not state.diff(subject.model, subject.saved):
+            return
+        if not state.deep(subject.model):
+            state.reset(subject.model, subject.saved)
+            return
+        try:
+            state.reset(subject.model, subject.saved)
+            if not state.diff(subject.model, subject.saved):
+                return
+        except ValueError:
+            pass
+        subject.model = subject.adapter.load_model(subject.ctx.model_path,
+                                                   device=subject.ctx.device)
+        subject.saved = _capture(subject.adapter, subject.model)
 
     def load_error(self, case: Case, exc: BaseException) -> str:
         """Return one line saying why ``case`` did not load: the file at fault when one is."""
@@ -112,14 +120,14 @@ class HFAdapterProfile:
 
 
 def _capture(adapter: Any, model: nn.Module) -> Any:
-    """Keep what put_back restores: parameters and buffers, or every leaf of a quantized model.
+    """Keep what put_back restores: every tensor (every leaf of a quantized model) and the ties.
 
-    A quantized model's forward reads tensors that are neither (see leaves.py), and its
-    tensors are written back in place rather than rebound; a full-precision model keeps the
-    parameter view, whose reset also undoes dtype, device and tie changes.
+    A quantized model's forward reads tensors that are not parameters or buffers (leaves.py);
+    a model whose adapter says it is quantized is treated so from the start, hidden state that
+    appears only on the first forward included.
     """
-    from pytest_invarlock.hf_adapter import leaves, state
+    from pytest_invarlock.hf_adapter import state
 
-    if getattr(adapter, "quantized", False) or leaves.is_quantized(model):
-        return leaves.capture(model)
+    if getattr(adapter, "quantized", False):
+        state.mark_deep(model)
     return state.capture(model)

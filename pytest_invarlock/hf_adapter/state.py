@@ -37,14 +37,29 @@ _DEEP: WeakKeyDictionary[nn.Module, bool] = WeakKeyDictionary()
 def deep(model: nn.Module) -> bool:
     """Return whether ``model`` holds state beyond plain parameters and buffers (quantized).
 
-    Decided once per model object: a backend's kind of state does not change while it lives.
+    Decided once per model object (a backend's kind of state does not change while it lives),
+    or set by :func:`mark_deep` for a model an adapter says is quantized: some backends grow
+    their hidden state only on the first forward (gptqmodel's caches).
     """
-    found = _DEEP.get(model)
+    try:
+        found = _DEEP.get(model)
+    except TypeError:  # a model class with __eq__ and no __hash__: decide every time
+        from pytest_invarlock.hf_adapter import leaves
+
+        return leaves.is_quantized(model)
     if found is None:
         from pytest_invarlock.hf_adapter import leaves
 
         found = _DEEP[model] = leaves.is_quantized(model)
     return found
+
+
+def mark_deep(model: nn.Module) -> None:
+    """Treat ``model`` as quantized from now on (its adapter says it is)."""
+    try:
+        _DEEP[model] = True
+    except TypeError:
+        pass
 
 
 def named_tensors(model: nn.Module) -> dict[str, tuple[torch.Tensor, bool]]:
@@ -154,13 +169,8 @@ def _perturb_tensor(t: torch.Tensor, generator: torch.Generator) -> None:
 def reset(model: nn.Module, state: State) -> None:
     """Put ``state`` back into ``model`` (values, dtypes, devices and ties), whatever changed."""
     now = named_tensors(model)
-    if deep(model):  # leaves are written in place: a rebind would leave the backend's old ones
-        from pytest_invarlock.hf_adapter.leaves import _writable
-
-        for name, saved in state.tensors.items():
-            if name in now and now[name][0].shape == saved.value.shape:
-                with _writable(now[name][0]):
-                    now[name][0].copy_(saved.value)
+    if deep(model):
+        _reset_in_place(model, now, state)
         return
     with torch.no_grad():
         for name, saved in state.tensors.items():
@@ -168,6 +178,31 @@ def reset(model: nn.Module, state: State) -> None:
                 now[name][0].data = saved.value.to(saved.device, copy=True)
     for group in state.groups:
         _rebind(model, group)
+
+
+def _reset_in_place(model: nn.Module, now: dict[str, tuple[torch.Tensor, bool]],
+                    state: State) -> None:
+    """Write a quantized model's leaves back in place, then re-tie its registered parameters.
+
+    A rebind would leave the backend reading its old tensors (bitsandbytes' ``state.CB``
+    shares the weight's storage), so values are copied; what cannot be copied back (a leaf
+    gone, new, or of another dtype or shape) raises ValueError before anything is written.
+    """
+    from pytest_invarlock.hf_adapter.leaves import _writable
+
+    wrong = sorted(set(now) ^ set(state.tensors))
+    wrong += [n for n, saved in state.tensors.items() if n in now and (
+        now[n][0].dtype, now[n][0].shape) != (saved.value.dtype, saved.value.shape)]
+    if wrong:
+        raise ValueError(f"cannot write {wrong[:3]} back in place (gone, new, or another dtype "
+                         "or shape)")
+    for name, saved in state.tensors.items():
+        with _writable(now[name][0]):
+            now[name][0].copy_(saved.value)
+    names = set(registered(model))
+    for group in state.groups:
+        if set(group) <= names:
+            _rebind(model, group)
 
 
 def _rebind(model: nn.Module, group: tuple[str, ...]) -> None:
