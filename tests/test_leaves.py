@@ -41,7 +41,7 @@ def test_perturb_changes_every_leaf_and_restore_puts_every_bit_back_in_place():
     before, storages = _logits(model), {n: leaf.tensor.data_ptr()
                                         for n, leaf in leaves.leaves(model).items()}
     captured = leaves.capture(model)
-    leaves.perturb(model, seed=1)
+    state.perturb(model, seed=1)
     assert len(leaves.diff(model, captured)) == len(captured)  # every leaf changed
     leaves.restore(model, captured)
     assert leaves.diff(model, captured) == []
@@ -84,7 +84,7 @@ def test_the_leaves_of_a_quantized_model_reach_its_hidden_state(backend, hidden)
     found = leaves.leaves(model)
     assert hidden in {leaf.kind for leaf in found.values()}
     captured = leaves.capture(model)
-    leaves.perturb(model, seed=1)
+    state.perturb(model, seed=1)
     assert len(leaves.diff(model, captured)) == len(captured)
     assert not torch.equal(_logits(model), reference)
     leaves.restore(model, captured)
@@ -101,7 +101,7 @@ def test_a_reset_of_parameters_and_buffers_alone_misses_bitsandbytes_hidden_stat
     reference = _logits(model)
     views = {**dict(model.named_parameters()), **dict(model.named_buffers())}
     saved = {n: t.detach().clone() for n, t in views.items()}
-    leaves.perturb(model, seed=1)  # the scales in module.state too
+    state.perturb(model, seed=1)  # the scales in module.state too
     with torch.no_grad():
         for name, t in views.items():
             t.data = saved[name].clone()  # what a parameter-and-buffer reset does
@@ -110,7 +110,7 @@ def test_a_reset_of_parameters_and_buffers_alone_misses_bitsandbytes_hidden_stat
     model = _quantized("bnb8")
     reference = _logits(model)
     kept = state.capture(model)
-    leaves.perturb(model, seed=1)
+    state.perturb(model, seed=1)
     state.reset(model, kept)
     assert state.diff(model, kept) == [] and torch.equal(_logits(model), reference)
 
@@ -129,7 +129,7 @@ def test_the_profile_loads_a_quantized_subject_and_puts_its_leaves_back(backend,
     assert set(saved.tensors) == set(leaves.leaves(model))  # every leaf, not the parameter view
     subject = Subject(Case("hf_adapter", "q", "q", "llama-gqa", None), adapter, model, None,
                       HFAdapterProfile(), saved)
-    leaves.perturb(model, seed=3)
+    state.perturb(model, seed=3)
     subject.profile.put_back(subject)
     assert subject.model is model  # written back in place, not reloaded
     assert state.diff(model, subject.saved) == []

@@ -11,7 +11,7 @@ import torch
 
 from pytest_invarlock.adapters import quantized
 from pytest_invarlock.adapters.roles import HFCausalAdapter
-from pytest_invarlock.hf_adapter import leaves
+from pytest_invarlock.hf_adapter import leaves, state
 from pytest_invarlock.hf_adapter.fixtures import fixture_path
 
 ADAPTERS = {"hf_torchao": quantized.HFTorchAoAdapter, "hf_quanto": quantized.HFQuantoAdapter,
@@ -54,7 +54,7 @@ def test_snapshot_restore_is_bit_exact_on_every_leaf_and_the_logits(loaded):
     reference = _logits(model)
     captured = leaves.capture(model)
     blob = adapter.snapshot(model)
-    leaves.perturb(model, seed=5)
+    state.perturb(model, seed=5)
     assert not torch.equal(_logits(model), reference)
     adapter.restore(model, blob)
     assert leaves.diff(model, captured) == []
@@ -64,7 +64,7 @@ def test_snapshot_restore_is_bit_exact_on_every_leaf_and_the_logits(loaded):
 def test_a_damaged_snapshot_is_refused_and_the_model_untouched(loaded):
     adapter, model, _ = loaded
     blob = bytes(adapter.snapshot(model))
-    leaves.perturb(model, seed=6)
+    state.perturb(model, seed=6)
     now = leaves.capture(model)
     with pytest.raises(quantized.SnapshotError):
         adapter.restore(model, blob[:len(blob) // 2])
@@ -98,14 +98,14 @@ def test_chunked_snapshots_roundtrip_and_refuse_damage(loaded, tmp_path):
     root = adapter.snapshot_chunked(model, directory=str(tmp_path), chunk_bytes=4096)
     chunks = sorted(p.name for p in (tmp_path / root).iterdir() if p.suffix == ".safetensors")
     assert len(chunks) > 1  # the chunk size is honoured
-    leaves.perturb(model, seed=7)
+    state.perturb(model, seed=7)
     adapter.restore_chunked(model, root)
     assert leaves.diff(model, captured) == [] and torch.equal(_logits(model), reference)
     target = tmp_path / root / chunks[-1]
     data = bytearray(target.read_bytes())
     data[-2] ^= 0x01
     target.write_bytes(bytes(data))
-    leaves.perturb(model, seed=8)
+    state.perturb(model, seed=8)
     now = leaves.capture(model)
     with pytest.raises(quantized.SnapshotError, match="sha256"):
         adapter.restore_chunked(model, root)
@@ -170,7 +170,6 @@ def test_put_back_reties_and_reloads_what_cannot_be_written_in_place(name):
     """After a check unties the embeddings, or casts the model, the next check gets it back."""
     from types import SimpleNamespace
 
-    from pytest_invarlock.hf_adapter import state
     from pytest_invarlock.hf_adapter.profile import HFAdapterProfile, _capture
     from pytest_invarlock.profile import Case, Subject
 
@@ -183,7 +182,7 @@ def test_put_back_reties_and_reloads_what_cannot_be_written_in_place(name):
     subject = Subject(Case("hf_adapter", name, name, "llama-gqa-tied", path), adapter, model,
                       ctx, HFAdapterProfile(), _capture(adapter, model))
     model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())  # untie
-    leaves.perturb(model, seed=4)
+    state.perturb(model, seed=4)
     subject.profile.put_back(subject)
     assert subject.model is model and state.storage_groups(model) == groups
     assert torch.equal(_logits(model), reference)

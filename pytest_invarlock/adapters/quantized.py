@@ -281,20 +281,14 @@ def _write_leaves(model: nn.Module, stored: dict[str, torch.Tensor],
     """Check ``stored`` fits every leaf of ``model`` (names, dtypes, shapes), then copy it in."""
     from pytest_invarlock.hf_adapter import leaves
 
-    now = leaves.leaves(model)
+    now = {name: leaf.tensor for name, leaf in leaves.leaves(model).items()}
     named = {**{n: n for n in stored}, **aliases}
-    missing, extra = sorted(set(now) - set(named)), sorted(set(named) - set(now))
-    if missing or extra:
-        raise SnapshotError(f"the snapshot does not fit the model: missing {missing[:3]}, "
-                            f"unknown {extra[:3]}")
-    for name, source in named.items():
-        t, saved = now[name].tensor, stored.get(source)
-        if saved is None or (t.dtype, t.shape) != (saved.dtype, saved.shape):
-            raise SnapshotError(f"leaf {name!r} is {t.dtype} {list(t.shape)} in the model, "
-                                "the snapshot has another")
-    for name, source in named.items():
-        with leaves._writable(now[name].tensor):
-            now[name].tensor.copy_(stored[source])
+    values = {name: stored[source] for name, source in named.items() if source in stored}
+    wrong = leaves.misfits(now, values)
+    if wrong:
+        raise SnapshotError(f"the snapshot does not fit the model: {wrong[:3]} (missing, unknown, "
+                            "or of another dtype or shape)")
+    leaves.write_in_place(now, values)
     _retie(model, aliases)
 
 

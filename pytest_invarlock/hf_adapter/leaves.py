@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pytest_invarlock.hf_adapter.state import _perturb_tensor, bits, storage_key
+from pytest_invarlock.hf_adapter.state import bits, writable
 
 #: unregistered tensors gptqmodel's CPU kernels read in the forward
 CACHE_ATTRIBUTES = ("scales_and_zeros", "ret_idx")
@@ -163,40 +163,31 @@ def diff(model: nn.Module, captured: dict[str, torch.Tensor]) -> list[str]:
     return problems
 
 
-def perturb(model: nn.Module, seed: int = 0) -> None:
-    """Change every element of every leaf in place (each storage once)."""
-    generator = torch.Generator().manual_seed(seed)
-    seen: set[tuple[object, ...]] = set()
-    for leaf in leaves(model).values():
-        key = storage_key(leaf.tensor)
-        if key in seen or leaf.tensor.numel() == 0:
-            continue
-        seen.add(key)
-        with _writable(leaf.tensor):
-            _perturb_tensor(leaf.tensor, generator)
-
-
 def restore(model: nn.Module, captured: dict[str, torch.Tensor]) -> None:
-    """Write ``captured`` back into the leaves of ``model`` in place (names and shapes must match)."""
-    now = leaves(model)
-    wrong = [n for n in captured if n not in now or (now[n].tensor.shape, now[n].tensor.dtype)
-             != (captured[n].shape, captured[n].dtype)]
+    """Write ``captured`` back into the leaves of ``model`` in place, or raise and write nothing.
+
+    The model must have the same leaves, each of the same dtype and shape.
+    """
+    now = {name: leaf.tensor for name, leaf in leaves(model).items()}
+    wrong = misfits(now, captured)
     if wrong:
         raise ValueError(f"cannot restore {wrong[:3]}: no such leaf of that shape and dtype in "
-                         "the model")
-    for name, saved in captured.items():
-        with _writable(now[name].tensor):
-            now[name].tensor.copy_(saved)
+                         "the model (or a leaf the capture lacks)")
+    write_in_place(now, captured)
 
 
-class _writable:
-    """Allow an in-place write: under no_grad, and inference mode for inference tensors (HQQ)."""
+def misfits(now: dict[str, torch.Tensor], values: dict[str, torch.Tensor]) -> list[str]:
+    """Return the names whose value cannot be copied in place.
 
-    def __init__(self, t: torch.Tensor) -> None:
-        self._mode: Any = torch.inference_mode() if t.is_inference() else torch.no_grad()
+    A name in one dict only, or a value of another dtype or shape than its tensor.
+    """
+    wrong = sorted(set(now) ^ set(values))
+    return wrong + [n for n in sorted(set(now) & set(values))
+                    if (now[n].dtype, now[n].shape) != (values[n].dtype, values[n].shape)]
 
-    def __enter__(self) -> None:
-        self._mode.__enter__()
 
-    def __exit__(self, *exc: object) -> None:
-        self._mode.__exit__(*exc)
+def write_in_place(now: dict[str, torch.Tensor], values: dict[str, torch.Tensor]) -> None:
+    """Copy every value into its tensor (checked first with :func:`misfits`)."""
+    for name, value in values.items():
+        with writable(now[name]):
+            now[name].copy_(value)

@@ -147,13 +147,26 @@ def perturb(model: nn.Module, seed: int = 0) -> None:
     """Change every element of every parameter and buffer in place (tied storage once)."""
     generator = torch.Generator().manual_seed(seed)
     seen: set[tuple[object, ...]] = set()
-    with torch.no_grad():
-        for t, _ in named_tensors(model).values():
-            key = storage_key(t)
-            if key in seen or t.numel() == 0:
-                continue
-            seen.add(key)
+    for t, _ in named_tensors(model).values():
+        key = storage_key(t)
+        if key in seen or t.numel() == 0:
+            continue
+        seen.add(key)
+        with writable(t):
             _perturb_tensor(t, generator)
+
+
+class writable:
+    """Allow an in-place write: under no_grad, and inference mode for inference tensors (HQQ)."""
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self._mode: Any = torch.inference_mode() if t.is_inference() else torch.no_grad()
+
+    def __enter__(self) -> None:
+        self._mode.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._mode.__exit__(*exc)
 
 
 def _perturb_tensor(t: torch.Tensor, generator: torch.Generator) -> None:
@@ -188,17 +201,15 @@ def _reset_in_place(model: nn.Module, now: dict[str, tuple[torch.Tensor, bool]],
     shares the weight's storage), so values are copied; what cannot be copied back (a leaf
     gone, new, or of another dtype or shape) raises ValueError before anything is written.
     """
-    from pytest_invarlock.hf_adapter.leaves import _writable
+    from pytest_invarlock.hf_adapter.leaves import misfits, write_in_place
 
-    wrong = sorted(set(now) ^ set(state.tensors))
-    wrong += [n for n, saved in state.tensors.items() if n in now and (
-        now[n][0].dtype, now[n][0].shape) != (saved.value.dtype, saved.value.shape)]
+    tensors = {n: t for n, (t, _) in now.items()}
+    values = {n: saved.value for n, saved in state.tensors.items()}
+    wrong = misfits(tensors, values)
     if wrong:
         raise ValueError(f"cannot write {wrong[:3]} back in place (gone, new, or another dtype "
                          "or shape)")
-    for name, saved in state.tensors.items():
-        with _writable(now[name][0]):
-            now[name][0].copy_(saved.value)
+    write_in_place(tensors, values)
     names = set(registered(model))
     for group in state.groups:
         if set(group) <= names:
