@@ -56,7 +56,7 @@ def _lane(lane: Lane) -> None:
 
     @nox.session(name=f"lane-{lane.id}")
     def session_fn(session: nox.Session) -> None:
-        session.install(*pins, "-e", ".[dev]", *requirements)
+        session.install(*pins, "-e", f".[{','.join(('dev', *lane.extras))}]", *requirements)
         RESULTS.mkdir(exist_ok=True)
         session.run("pytest", "conformance/", f"--invarlock-lane={lane.id}",
                     f"--invarlock-report={RESULTS / f'{lane.id}.json'}", *session.posargs)

@@ -15,13 +15,18 @@ class Lane:
     description: str
     #: importable module -> the pip requirement that provides it
     requires: tuple[tuple[str, str], ...] = ()
+    #: the pytest-invarlock extras the lane's nox session installs (the quantization backends);
+    #: unlike ``requires``, a missing one skips only the adapters that need it
+    extras: tuple[str, ...] = ()
 
 
 LANES: dict[str, Lane] = {lane.id: lane for lane in (
     Lane("cpu", "cpu", False, "full-precision adapters on the CPU"),
     Lane("cuda", "cuda", False, "full-precision adapters on a CUDA device"),
-    Lane("cpu-quant", "cpu", True, "quantized adapters on the CPU"),
-    Lane("cuda-quant", "cuda", True, "quantized adapters on a CUDA device"),
+    Lane("cpu-quant", "cpu", True, "quantized adapters on the CPU",
+         extras=("bnb", "torchao", "quanto", "hqq", "ct")),
+    Lane("cuda-quant", "cuda", True, "quantized adapters on a CUDA device",
+         extras=("bnb", "torchao", "quanto", "hqq", "ct", "gptq", "awq")),
 )}
 AUTO = "auto"
 

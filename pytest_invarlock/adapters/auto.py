@@ -16,20 +16,24 @@ from typing import Any, ClassVar
 from torch import nn
 
 from pytest_invarlock.adapters import roles
+from pytest_invarlock.adapters.quantization import (
+    QUANT_CONFIG_CLASSES,
+    QUANT_METHODS,
+    QUANT_MODULES,
+    model_adapter,
+    quant_adapter,
+)
 
-#: quant_method strings (transformers' QuantizationMethod values) -> adapter.
-QUANT_METHODS: dict[str, str] = {
-    "bitsandbytes": "hf_bnb", "awq": "hf_awq", "gptq": "hf_gptq", "torchao": "hf_torchao",
-    "hqq": "hf_hqq", "quanto": "hf_quanto", "compressed-tensors": "hf_ct",
+__all__ = ["QUANT_ADAPTERS", "QUANT_CONFIG_CLASSES", "QUANT_METHODS", "QUANT_MODULES",
+           "ROLE_ADAPTERS", "AdapterUnavailable", "HFAutoAdapter", "concrete", "quant_adapter",
+           "role_adapter", "select_for_config", "select_for_id", "select_for_model"]
+
+#: quantized adapter -> its class, imported only when selected (the backend may be absent).
+QUANT_ADAPTERS: dict[str, str] = {
+    "hf_bnb": "pytest_invarlock.adapters.quantized:HFBnbAdapter",
+    "hf_torchao": "pytest_invarlock.adapters.quantized:HFTorchAoAdapter",
+    "hf_quanto": "pytest_invarlock.adapters.quantized:HFQuantoAdapter",
 }
-#: transformers quantization config classes -> adapter.
-QUANT_CONFIG_CLASSES: dict[str, str] = {
-    "BitsAndBytesConfig": "hf_bnb", "AwqConfig": "hf_awq", "GPTQConfig": "hf_gptq",
-    "TorchAoConfig": "hf_torchao", "HqqConfig": "hf_hqq", "QuantoConfig": "hf_quanto",
-    "CompressedTensorsConfig": "hf_ct",
-}
-#: bitsandbytes module classes that mark a model quantized at load time.
-QUANT_MODULES: dict[str, str] = {"Linear8bitLt": "hf_bnb", "Linear4bit": "hf_bnb"}
 ROLE_ADAPTERS: dict[str, type[roles.HFRoleAdapter]] = {
     "hf_causal": roles.HFCausalAdapter, "hf_mlm": roles.HFMLMAdapter,
     "hf_seq2seq": roles.HFSeq2SeqAdapter, "hf_multimodal": roles.HFMultimodalAdapter,
@@ -45,21 +49,6 @@ class AdapterUnavailable(LookupError):
 
 def _get(config: Any, key: str) -> Any:
     return config.get(key) if isinstance(config, dict) else getattr(config, key, None)
-
-
-def quant_adapter(config: Any) -> str | None:
-    """Return the quantized adapter a config asks for (steps 1 and 2 of the detection order)."""
-    quant = _get(config, "quantization_config")
-    if quant is not None:
-        by_class = QUANT_CONFIG_CLASSES.get(type(quant).__name__)
-        method = str(getattr(_get(quant, "quant_method"), "value", _get(quant, "quant_method")))
-        if by_class or method in QUANT_METHODS:
-            return by_class or QUANT_METHODS[method]
-        if _get(quant, "load_in_8bit") or _get(quant, "load_in_4bit"):
-            return "hf_bnb"
-    if _get(config, "load_in_8bit") or _get(config, "load_in_4bit"):
-        return "hf_bnb"
-    return None
 
 
 def role_adapter(config: Any) -> str:
@@ -85,15 +74,7 @@ def select_for_config(config: Any) -> str:
 def select_for_model(model: nn.Module) -> str:
     """Return the adapter name for a loaded model (all four quantization detection steps)."""
     config = getattr(model, "config", None)
-    found = quant_adapter(config) if config is not None else None
-    if found:
-        return found
-    if getattr(model, "is_loaded_in_8bit", False) or getattr(model, "is_loaded_in_4bit", False):
-        return "hf_bnb"
-    for module in model.modules():
-        if type(module).__name__ in QUANT_MODULES:
-            return QUANT_MODULES[type(module).__name__]
-    return role_adapter(config) if config is not None else "hf_causal"
+    return model_adapter(model) or (role_adapter(config) if config is not None else "hf_causal")
 
 
 def select_for_id(model_id: str | os.PathLike[str]) -> str:
@@ -110,13 +91,17 @@ def select_for_id(model_id: str | os.PathLike[str]) -> str:
 
 def concrete(name: str) -> roles.HFRoleAdapter:
     """Return an instance of the adapter called ``name``, or raise :class:`AdapterUnavailable`."""
-    try:
+    if name in ROLE_ADAPTERS:
         return ROLE_ADAPTERS[name]()
-    except KeyError:
-        raise AdapterUnavailable(
-            f"hf_auto selected {name}, which pytest-invarlock does not provide yet (quantized "
-            "adapters come with the quant lanes); pass --invarlock-adapter with an adapter that "
-            "supports this checkpoint") from None
+    if name in QUANT_ADAPTERS:
+        import importlib
+
+        module, _, cls = QUANT_ADAPTERS[name].partition(":")
+        adapter: roles.HFRoleAdapter = getattr(importlib.import_module(module), cls)()
+        return adapter
+    raise AdapterUnavailable(
+        f"hf_auto selected {name}, which pytest-invarlock does not provide (its backend does "
+        "not run here); pass --invarlock-adapter with an adapter that supports this checkpoint")
 
 
 class HFAutoAdapter:

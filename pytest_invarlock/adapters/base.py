@@ -36,6 +36,33 @@ def guard_remote_code(model_id: str, hf_kwargs: dict[str, Any]) -> None:
     hf_kwargs["trust_remote_code"] = bool(hf_kwargs.get("trust_remote_code"))
 
 
+class QuantizedCheckpoint(ValueError):
+    """A full-precision adapter was asked to load a quantized checkpoint."""
+
+
+def refuse_quantized(name: str, model_id: str | os.PathLike[str], hf_kwargs: dict[str, Any]) -> None:
+    """Refuse a quantized checkpoint (or a ``quantization_config`` argument) with its adapter.
+
+    transformers applies a checkpoint's ``quantization_config`` by itself, so a full-precision
+    adapter would return a quantized model and then snapshot and describe it as a dense one
+    (packed widths, backend state missed): refused before anything is loaded.
+    """
+    from pytest_invarlock.adapters import quantization
+
+    method = quantization.checkpoint_method(model_id)
+    asked = hf_kwargs.get("quantization_config")
+    if method is None and asked is None:
+        return
+    where = (f"{os.path.join(os.fspath(model_id), 'config.json')} has quantization_config "
+             f"quant_method {method!r}" if method else
+             f"quantization_config={type(asked).__name__} was passed")
+    wanted = quantization.QUANT_METHODS.get(method or "") or quantization.quant_adapter(
+        {"quantization_config": asked})
+    how = (f"load it with {wanted} (pip install 'pytest-invarlock[{quantization.EXTRAS[wanted]}]')"
+           if wanted in quantization.EXTRAS else "load it with a quantized adapter")
+    raise QuantizedCheckpoint(f"{name} loads full-precision checkpoints only, and {where}: {how}")
+
+
 class HFAdapterBase:
     """Load models with a transformers Auto class and snapshot them without pickle."""
 
@@ -57,6 +84,7 @@ class HFAdapterBase:
               hf_kwargs: dict[str, Any]) -> nn.Module:
         import transformers
 
+        refuse_quantized(self.name, model_id, hf_kwargs)
         model_id = str(Path(model_id)) if isinstance(model_id, os.PathLike) else model_id
         model: nn.Module = getattr(transformers, auto_class).from_pretrained(
             model_id, **local_only(model_id, hf_kwargs))

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from pytest_invarlock.adapters import quantization
 from pytest_invarlock.adapters.base import guard_remote_code, local_only
 from pytest_invarlock.adapters.roles import HFCausalAdapter
 
@@ -46,17 +47,38 @@ class HFQuantizedAdapter(HFCausalAdapter):
 
     #: the pip extra that installs the backend (spec 001's ``required_extra``)
     extra: ClassVar[str] = ""
+    #: whether load_model quantizes a full-precision checkpoint (else: pre-quantized ones only)
+    runtime: ClassVar[bool] = True
+    #: families the backend leaves unquantized, silently (GPT-2's Conv1D layers: trap X5)
+    unquantized_families: ClassVar[frozenset[str]] = frozenset({"gpt2"})
 
-    @property
-    def capabilities(self) -> dict[str, Any]:
-        """Return this adapter's claims: exact leaf snapshots, the backend places the model.
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Return why the adapter cannot load anything here (its backend is missing), or None."""
+        import importlib.util
 
-        Declared here until the adapter is registered (its contract entry then takes over).
-        """
-        return {"snapshot_restore": "full", "guard_coverage": "full",
-                "platform_support": "CPU and CUDA where the backend runs",
-                "runtime_constraints": ["device_movement_managed_by_backend"],
-                "required_extra": self.extra, "degraded_modes": []}
+        try:
+            found = importlib.util.find_spec(cls.backend_module) is not None
+        except ModuleNotFoundError:  # a missing parent package of a dotted module
+            found = False
+        return None if found else (f"{cls.name} needs {cls.backend_module}: pip install "
+                                   f"'pytest-invarlock[{cls.extra}]'")
+
+    @classmethod
+    def declines_config(cls, config: Any) -> str | None:
+        """Return why this backend does not take a checkpoint, from its config alone."""
+        method = quantization.quant_method(config)
+        if method is not None and method != cls.quant_method:
+            owner = quantization.QUANT_METHODS.get(method, "another adapter")
+            return f"a {method}-quantized checkpoint: {cls.name} loads {cls.quant_method} ({owner} loads it)"
+        if method is None and not cls.runtime:
+            return (f"a full-precision checkpoint: {cls.name} loads pre-quantized "
+                    f"{cls.quant_method} checkpoints only")
+        family = getattr(config, "model_type", None)
+        if method is None and family in cls.unquantized_families:
+            return (f"{cls.backend_module} leaves {family}'s layers (Conv1D) unquantized: the model "
+                    "would not be quantized at all")
+        return super().declines_config(config)
 
     def quantization_config(self) -> Any:
         """Return the transformers quantization config applied to a full-precision checkpoint."""
@@ -65,15 +87,16 @@ class HFQuantizedAdapter(HFCausalAdapter):
     def load_model(self, model_id: str | os.PathLike[str], device: str = "auto",
                    **hf_kwargs: Any) -> nn.Module:
         """Load ``model_id`` quantized; the backend places it (on ``device`` via ``device_map``)."""
-        import importlib.util
-
         import transformers
 
-        if importlib.util.find_spec(self.backend_module) is None:
-            raise ImportError(f"{self.name} needs {self.backend_module}: pip install "
-                              f"'pytest-invarlock[{self.extra}]'")
+        missing = self.unavailable()
+        if missing:
+            raise ImportError(missing)
         guard_remote_code(str(model_id), hf_kwargs)
-        if _quant_method(model_id) is None:
+        method = quantization.checkpoint_method(model_id)
+        if method is not None and method != self.quant_method:
+            raise quantization_error(self.name, model_id, method)
+        if method is None:
             hf_kwargs.setdefault("quantization_config", self.quantization_config())
         if hf_kwargs.get("device_map") is None:
             hf_kwargs["device_map"] = {"": "cpu" if device == "auto" else device}
@@ -83,13 +106,7 @@ class HFQuantizedAdapter(HFCausalAdapter):
 
     def can_handle(self, model: Any) -> bool:
         """Return whether ``model`` is a causal LM quantized by this backend."""
-        if not super().can_handle(model):
-            return False
-        quant = getattr(model.config, "quantization_config", None)
-        method = getattr(quant, "quant_method", None) if quant is not None else None
-        if isinstance(quant, dict):
-            method = quant.get("quant_method")
-        return str(getattr(method, "value", method)) == self.quant_method
+        return super().can_handle(model) and quantization.model_adapter(model) == self.name
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
         """Describe the logical structure (as its full-precision source) and the quantization."""
@@ -183,14 +200,14 @@ class HFBnbAdapter(HFQuantizedAdapter):
         return {"bits": 4 if four else 8, "group_size": 64 if four else None}
 
 
-def _quant_method(model_id: str | os.PathLike[str]) -> str | None:
-    """Return a checkpoint's ``quant_method`` from config.json (never a config class, X9)."""
-    path = os.path.join(str(model_id), "config.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as handle:
-        quant = json.load(handle).get("quantization_config")
-    return str(quant.get("quant_method")) if isinstance(quant, dict) else None
+def quantization_error(name: str, model_id: str | os.PathLike[str], method: str) -> ValueError:
+    """Return the error for a checkpoint quantized by another backend than the adapter's."""
+    from pytest_invarlock.adapters.base import QuantizedCheckpoint
+
+    owner = quantization.QUANT_METHODS.get(method, "another adapter")
+    return QuantizedCheckpoint(f"{os.path.join(os.fspath(model_id), 'config.json')} has "
+                               f"quantization_config quant_method {method!r}: {name} does not load "
+                               f"it; load it with {owner}")
 
 
 # --------------------------------------------------------------------------- logical structure

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from pytest_invarlock.adapters import structure
+from pytest_invarlock.adapters import quantization, structure
 from pytest_invarlock.adapters.base import HFAdapterBase
 
 MLM_FAMILIES = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "distilbert", "albert",
@@ -23,6 +23,8 @@ class HFRoleAdapter(HFAdapterBase):
     suffixes: ClassVar[tuple[str, ...]] = ()
     #: ``config.model_type`` values accepted; empty means every model of the role.
     families: ClassVar[frozenset[str]] = frozenset()
+    #: whether the adapter takes quantized models (the full-precision ones refuse them)
+    quantized: ClassVar[bool] = False
 
     @property
     def capabilities(self) -> dict[str, Any] | None:
@@ -42,6 +44,10 @@ class HFRoleAdapter(HFAdapterBase):
         family = getattr(config, "model_type", None)
         if cls.families and family not in cls.families:
             return f"{cls.name} takes only model_type {', '.join(sorted(cls.families))}"
+        wanted = quantization.quant_adapter(config)
+        if wanted and not cls.quantized:
+            return (f"a {quantization.quant_method(config)}-quantized checkpoint: {cls.name} loads "
+                    f"full-precision models only ({wanted} loads it)")
         built = built_class(cls._loader(config), family)
         if built is None:
             return (f"load_model would fail: transformers.{cls._loader(config)} has no class "
@@ -66,6 +72,8 @@ class HFRoleAdapter(HFAdapterBase):
             return False
         if self.families and getattr(config, "model_type", None) not in self.families:
             return False
+        if not self.quantized and quantization.model_adapter(model):
+            return False  # its state lives in backend structures this adapter does not snapshot
         return self._accepts(model, config)
 
     def _accepts(self, model: nn.Module, config: Any) -> bool:
