@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformers
 
-from pytest_invarlock.adapters import auto
+from pytest_invarlock.adapters import auto, roles
 from pytest_invarlock.hf_adapter.fixtures import catalog, fixture_path
 
 ROLE_ADAPTER = {"causal": "hf_causal", "mlm": "hf_mlm", "seq2seq": "hf_seq2seq",
@@ -72,7 +72,8 @@ def test_model_attributes_and_module_types_select_hf_bnb(fixture_dir):
     linear8bit = type("Linear8bitLt", (torch.nn.Linear,), {})  # the class name is the signal
     model.transformer.h[0].mlp.c_fc = linear8bit(4, 4)
     assert auto.select_for_model(model) == "hf_bnb"
-    assert not auto.HFAutoAdapter().can_handle(model)  # hf_bnb is not provided yet
+    assert type(auto.HFAutoAdapter().delegate(model)).__name__ == "HFBnbAdapter"
+    assert not roles.HFCausalAdapter().can_handle(model)  # a full-precision adapter refuses it
 
 
 @pytest.mark.parametrize(("model_id", "adapter"), [

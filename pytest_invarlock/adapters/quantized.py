@@ -49,8 +49,22 @@ class HFQuantizedAdapter(HFCausalAdapter):
     extra: ClassVar[str] = ""
     #: whether load_model quantizes a full-precision checkpoint (else: pre-quantized ones only)
     runtime: ClassVar[bool] = True
-    #: families the backend leaves unquantized, silently (GPT-2's Conv1D layers: trap X5)
-    unquantized_families: ClassVar[frozenset[str]] = frozenset({"gpt2"})
+    #: model_type -> why the backend cannot quantize it usefully (declined at planning)
+    declined_families: ClassVar[dict[str, str]] = {
+        "gpt2": "leaves GPT-2's Conv1D layers unquantized: the model would not be quantized at all",
+    }
+
+    @property
+    def capabilities(self) -> dict[str, Any] | None:
+        """Return the contract entry of this adapter, else of its backend's reference adapter.
+
+        A subclass (another name, the same backend) inherits the backend's claims: the device
+        placement and the snapshot guarantees come from the backend, not the name.
+        """
+        from pytest_invarlock.hf_adapter.capabilities import contract
+
+        found = contract()
+        return found.get(self.name) or found.get(quantization.QUANT_METHODS[self.quant_method])
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -75,9 +89,8 @@ class HFQuantizedAdapter(HFCausalAdapter):
             return (f"a full-precision checkpoint: {cls.name} loads pre-quantized "
                     f"{cls.quant_method} checkpoints only")
         family = getattr(config, "model_type", None)
-        if method is None and family in cls.unquantized_families:
-            return (f"{cls.backend_module} leaves {family}'s layers (Conv1D) unquantized: the model "
-                    "would not be quantized at all")
+        if method is None and family in cls.declined_families:
+            return f"{cls.backend_module} {cls.declined_families[family]}"
         return super().declines_config(config)
 
     def quantization_config(self) -> Any:
@@ -105,8 +118,10 @@ class HFQuantizedAdapter(HFCausalAdapter):
         return model.eval()
 
     def can_handle(self, model: Any) -> bool:
-        """Return whether ``model`` is a causal LM quantized by this backend."""
-        return super().can_handle(model) and quantization.model_adapter(model) == self.name
+        """Return whether ``model`` is a causal LM this backend quantized (a module at least, X5)."""
+        owner = quantization.QUANT_METHODS.get(self.quant_method)
+        return (super().can_handle(model) and quantization.model_adapter(model) == owner
+                and bool(quantized_modules(model)))
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
         """Describe the logical structure (as its full-precision source) and the quantization."""
@@ -147,6 +162,11 @@ class HFTorchAoAdapter(HFQuantizedAdapter):
     quant_method: ClassVar[str] = "torchao"
     backend_module: ClassVar[str] = "torchao"
     extra: ClassVar[str] = "torchao"
+    declined_families: ClassVar[dict[str, str]] = {
+        **HFQuantizedAdapter.declined_families,
+        "falcon": "cannot run Falcon: FalconLinear's forward reads weight.T, which torchao's "
+                  "Int8Tensor does not implement (aten.permute)",
+    }
 
     def quantization_config(self) -> Any:
         """Return int8 weight-only (config objects: transformers 5 rejects string types)."""
@@ -186,6 +206,8 @@ class HFBnbAdapter(HFQuantizedAdapter):
     quant_method: ClassVar[str] = "bitsandbytes"
     backend_module: ClassVar[str] = "bitsandbytes"
     extra: ClassVar[str] = "bnb"
+    #: bitsandbytes replaces GPT-2's Conv1D by (transposed) Linear8bitLt: it quantizes every family
+    declined_families: ClassVar[dict[str, str]] = {}
 
     def quantization_config(self) -> Any:
         """Return LLM.int8()."""

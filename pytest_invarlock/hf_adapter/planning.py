@@ -214,6 +214,10 @@ class Planner:
     def _plan_adapter(self, selector: str, sources: list[Source], broken: dict[str, str]) -> None:
         name = self.spec(selector).label
         self.plan.selectors.setdefault(name, selector)
+        missing = self._unavailable(selector)
+        if missing:  # its backend is not installed: one skipped case says what to install
+            self._add(Case(PROFILE, name, selector, ALL_MODELS, None, skip=missing))
+            return
         explicit_pair = bool(self.request.selectors and self.request.models)
         mine = []
         for source in sources:
@@ -235,6 +239,21 @@ class Planner:
             mine.append(Case(PROFILE, name, selector, ALL_MODELS, None,
                              error=self._took_none(name)))
         self.plan.cases += mine
+
+    def _unavailable(self, selector: str) -> str | None:
+        """Return why the adapter's class says it cannot run here (``unavailable()``), or None."""
+        try:
+            cls = self.spec(selector).load_class()
+        except AdapterError:
+            return None
+        unavailable = getattr(cls, "unavailable", None)
+        if not callable(unavailable):
+            return None
+        try:
+            answer = unavailable()
+        except Exception:
+            return None  # the adapter's defect: planned, and its checks show it
+        return str(answer) if isinstance(answer, str) and answer else None
 
     def _declines(self, selector: str, source: Source) -> str | None:
         """Return why the adapter's class declares it does not take the checkpoint (None: plan it)."""

@@ -33,8 +33,8 @@ __all__ = ["LEVELS", "MODULES", "MUST", "SHOULD", "SHOWN", "Check", "CheckContex
            "module_checks", "mutates", "summarize"]
 
 #: Check modules, in the order their checks run and are reported.
-MODULES: tuple[str, ...] = ("loading", "claims", "describe", "tying", "roundtrip", "values",
-                            "preservation", "chunked", "rejection")
+MODULES: tuple[str, ...] = ("loading", "claims", "describe", "quantized", "tying", "roundtrip",
+                            "values", "preservation", "chunked", "rejection")
 
 
 def module_checks(module_name: str) -> list[Check[Any]]:

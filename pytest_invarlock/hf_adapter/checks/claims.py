@@ -54,14 +54,61 @@ def _forbid_moves(model: nn.Module) -> Iterator[list[str]]:
             delattr(model, name)
 
 
+#: nn.Module methods that move or cast a whole model
+_MOVES = ("to", "cuda", "cpu", "half", "float", "bfloat16", "double")
+
+
+def _model_bases() -> list[type]:
+    """Return transformers' model base class when loaded: it overrides .to(), .half() and more."""
+    import sys
+
+    modeling = sys.modules.get("transformers.modeling_utils")
+    base = getattr(modeling, "PreTrainedModel", None)
+    return [base] if isinstance(base, type) else []
+
+
+def _moves_during_load(adapter: Any, ctx: CheckContext) -> list[str]:
+    """Return the moves and casts load_model() made on the model it returned (spied class-wide).
+
+    transformers itself calls none of them on the model it builds (device_map places the
+    weights), so any call on the returned model is the adapter's.
+    """
+    seen: list[tuple[nn.Module, str]] = []
+    owners = [nn.Module, *_model_bases()]
+    originals = {(owner, name): vars(owner)[name] for owner in owners for name in _MOVES
+                 if name in vars(owner)}
+
+    def spy(original: Any, name: str) -> Any:
+        def watched(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+            shown = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+            seen.append((self, f".{name}({', '.join(shown)})"))
+            return original(self, *args, **kwargs)
+        return watched
+
+    for (owner, name), original in originals.items():
+        setattr(owner, name, spy(original, name))
+    try:
+        loaded = adapter.load_model(ctx.model_path, device=ctx.device)
+    except Exception:
+        return []  # other checks judge a load that fails; this one only watches moves
+    finally:
+        for (owner, name), original in originals.items():
+            setattr(owner, name, original)
+    return [call for receiver, call in seen if receiver is loaded]
+
+
 @check(mutates=True, why="moving a backend-placed (quantized, sharded) model breaks it")
 def check_backend_device_movement_is_respected(adapter: Any, model: nn.Module,
                                                 ctx: CheckContext) -> None:
-    """An adapter that claims device_movement_managed_by_backend never calls .to()/.cuda()/.cpu()."""
+    """An adapter that claims device_movement_managed_by_backend never moves its model (load included)."""
     if not capabilities.backend_moves_devices(adapter):
         raise CheckNotApplicable(f"the adapter does not claim "
                                  f"{capabilities.BACKEND_MOVES_DEVICES}")
     problems = Problems()
+    if ctx.model_path is not None and hasattr(adapter, "load_model"):
+        moved = _moves_during_load(adapter, ctx)
+        if moved:
+            problems.add(f"load_model() called {moved[0]} on the model it returned")
     with _forbid_moves(model) as calls:
         for step in ("describe", "snapshot", "restore"):
             calls.clear()

@@ -1,0 +1,190 @@
+"""Checks of quantized adapters: quantized for real, described, snapshotted early, loaded alike.
+
+The model really holds quantized modules, describe() says which and how, a snapshot taken
+before the first forward (where backends settle their state) restores exactly or is refused,
+and two loads of one checkpoint are the same model.
+
+They apply to adapters that declare ``quantized = True`` (the quantized lanes); the truth is the
+module tree and every leaf the forward reads (:mod:`pytest_invarlock.hf_adapter.leaves`), never
+the adapter's own account. Facts behind each check: ``research/quantized-backends-cpu.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from pytest_invarlock.errors import CheckFailed, CheckNotApplicable
+from pytest_invarlock.hf_adapter import leaves, state
+from pytest_invarlock.hf_adapter.checks import MUST, CheckContext, Problems, check, summarize
+
+
+def _quantized_adapter(adapter: Any) -> None:
+    if not getattr(adapter, "quantized", False):
+        raise CheckNotApplicable("not a quantized adapter (it does not declare quantized = True)")
+
+
+def _fresh(adapter: Any, ctx: CheckContext) -> nn.Module:
+    """Load the subject's checkpoint again, as the subject was loaded, and view it deeply."""
+    if ctx.model_path is None:
+        raise CheckNotApplicable("the model was not loaded from a path")
+    model: nn.Module = adapter.load_model(ctx.model_path, device=ctx.device)
+    state.mark_deep(model)
+    return model
+
+
+def quantized_linears(model: nn.Module) -> list[str]:
+    """Return the linear-like modules that hold quantized data, from the leaves the forward reads.
+
+    A module counts when it has ``in_features``/``out_features`` and directly holds a
+    tensor-subclass weight, an integer tensor, or backend state that is no parameter or buffer
+    (bitsandbytes' quant_state and SCB, HQQ's meta, gptqmodel's caches).
+    """
+    holders: set[str] = set()
+    for name, leaf in leaves.leaves(model).items():
+        owner = _owner(model, name)
+        if owner is None:
+            continue
+        path, module = owner
+        if not (hasattr(module, "in_features") and hasattr(module, "out_features")):
+            continue
+        if leaf.kind not in ("parameter", "buffer") or not leaf.tensor.is_floating_point():
+            holders.add(path)
+    return sorted(holders)
+
+
+def _owner(model: nn.Module, leaf: str) -> tuple[str, nn.Module] | None:
+    """Return the deepest module (path, module) whose name prefixes a leaf name."""
+    modules = dict(model.named_modules())
+    path = leaf.split("#", 1)[0]
+    while path:
+        path = path.rpartition(".")[0]
+        if path in modules:
+            return path, modules[path]
+    return None
+
+
+@check(level=MUST, why="some backends silently leave layers in full precision (GPT-2's Conv1D "
+       "under torchao, quanto and HQQ): a 'quantized' verdict on a dense model proves nothing")
+def check_model_is_quantized(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
+    """A quantized adapter's model has at least one module that really holds quantized weights."""
+    _quantized_adapter(adapter)
+    if not quantized_linears(model):
+        raise CheckFailed(f"{type(model).__name__} from {ctx.model_path} holds no quantized module "
+                          "(every linear weight is a plain floating-point tensor); quantize it in "
+                          "load_model, or decline the model in can_handle()/declines_config() when "
+                          "the backend leaves its layers (e.g. Conv1D) unquantized")
+
+
+@check(level=MUST, why="callers read describe()['quantization'] to know what was quantized and "
+       "how; a wrong list hides layers left in full precision")
+def check_describe_reports_quantization(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
+    """describe()['quantization'] names the method, the bits and exactly the quantized modules."""
+    _quantized_adapter(adapter)
+    quant = adapter.describe(model).get("quantization")
+    if not isinstance(quant, dict):
+        raise CheckFailed(f"describe() has no 'quantization' dict (found {quant!r}); report "
+                          "{'method', 'bits', 'group_size', 'quantized_modules'}")
+    problems = Problems()
+    config = getattr(getattr(model, "config", None), "quantization_config", None)
+    want = config.get("quant_method") if isinstance(config, dict) else getattr(
+        config, "quant_method", None)
+    want = getattr(want, "value", want)
+    method = quant.get("method")
+    if not isinstance(method, str) or not method or (want is not None and method != str(want)):
+        problems.add(f"describe()['quantization']['method'] is {method!r}, the model's config says "
+                     f"quant_method {want!r}")
+    bits = quant.get("bits")
+    if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 16:
+        problems.add(f"describe()['quantization']['bits'] is {bits!r}, not a bit width (1-16)")
+    truth = quantized_linears(model)
+    listed = quant.get("quantized_modules")
+    if not isinstance(listed, list) or sorted(map(str, listed)) != truth:
+        got = sorted(map(str, listed)) if isinstance(listed, list) else listed
+        extra = sorted(set(got) - set(truth)) if isinstance(got, list) else []
+        missing = sorted(set(truth) - set(got)) if isinstance(got, list) else truth
+        problems.add(f"describe()['quantization']['quantized_modules'] lists {_n(got)}, the model "
+                     f"holds quantized data in {len(truth)} module(s); missing "
+                     f"{summarize(missing) or 'none'}, not quantized {summarize(extra) or 'none'}")
+    problems.raise_if_any("Report the quantization as the model holds it: the method from "
+                          "config.quantization_config, the bit width, and the names of the modules "
+                          "whose weights the backend replaced")
+
+
+def _n(listed: object) -> str:
+    return f"{len(listed)} module(s)" if isinstance(listed, list) else repr(listed)
+
+
+@check(level=MUST, why="bitsandbytes, compressed-tensors and gptqmodel move, repack or decompress "
+       "their state on the first forward: a snapshot taken before it must still restore exactly, "
+       "or be refused")
+def check_snapshot_before_first_forward(adapter: Any, model: nn.Module,
+                                        ctx: CheckContext) -> None:
+    """A snapshot taken right after loading, before any forward, restores exactly or is refused."""
+    _quantized_adapter(adapter)
+    fresh = _fresh(adapter, ctx)
+    blob = adapter.snapshot(fresh)
+    first = state.logits(fresh)  # the first forward: backends settle their state here
+    settled = state.capture(fresh)
+    state.perturb(fresh)
+    perturbed = state.capture(fresh)
+    try:
+        adapter.restore(fresh, blob)
+    except Exception as exc:
+        changed = state.diff(fresh, perturbed)
+        if changed or not str(exc).strip():
+            what = f"changed the model ({summarize(changed)})" if changed else "gave no message"
+            raise CheckFailed(f"restore() of a snapshot taken before the first forward refused "
+                              f"({type(exc).__name__}) but {what}; a refusal says why and touches "
+                              "nothing") from None
+        return  # refusing a snapshot of the state before the backend settled it is honest
+    problems = Problems()
+    changed = state.diff(fresh, settled)
+    if changed:
+        problems.add(f"after restore() the tensors differ from the model's own after its first "
+                     f"forward: {summarize(changed)}")
+    for turn in ("first", "second"):
+        if not torch.equal(state.bits(state.logits(fresh)), state.bits(first)):
+            problems.add(f"the {turn} forward after restore() gives other logits than the model "
+                         "gave before")
+            break
+    problems.raise_if_any(f"{ctx.adapter_name} on {ctx.model_label}: a snapshot taken before the "
+                          "first forward must hold the backend's state wherever the forward will "
+                          "read it (e.g. bitsandbytes' SCB moving into module.state), or restore() "
+                          "must refuse it with a clear error")
+
+
+@check(level=MUST, why="a checkpoint with keys the model does not load (MoE experts under some "
+       "backends) gets random weights on every load: no verdict on it means anything")
+def check_load_is_repeatable(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
+    """Two loads of the same checkpoint give bit-identical leaves and logits."""
+    _quantized_adapter(adapter)
+    one, two = _fresh(adapter, ctx), _fresh(adapter, ctx)
+    a, b = leaves.capture(one), leaves.capture(two)
+    problems = Problems()
+    names = sorted(set(a) ^ set(b))
+    if names:
+        problems.add(f"the two loads hold different tensors: {summarize(names)}")
+    differ = [n for n in sorted(set(a) & set(b)) if not _same(a[n], b[n])]
+    if differ:
+        problems.add(f"{len(differ)} tensor(s) differ between two loads: {summarize(differ)}")
+    if not torch.equal(state.bits(state.logits(one)), state.bits(state.logits(two))):
+        problems.add("the two loads give different logits")
+    problems.raise_if_any(f"Loading {ctx.model_path} twice must give the same model: a key the "
+                          "checkpoint lacks or the backend drops is initialised at random; load "
+                          "every weight (e.g. keep MoE experts out of the quantization) and seed "
+                          "nothing")
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(state.bits(a), state.bits(b))
+
+
+CHECKS = (
+    check_model_is_quantized,
+    check_describe_reports_quantization,
+    check_snapshot_before_first_forward,
+    check_load_is_repeatable,
+)
