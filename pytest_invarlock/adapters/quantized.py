@@ -25,7 +25,12 @@ from pytest_invarlock.adapters.roles import HFCausalAdapter
 
 #: auxiliary tensors of quantized linears: scales and indices, not logical parameters
 AUXILIARY = frozenset({"weight_scale", "weight_shape", "weight_zero_point", "SCB", "absmax",
-                       "scales", "qzeros", "g_idx", "input_scale", "output_scale"})
+                       "scales", "qzeros", "g_idx", "input_scale", "output_scale",
+                       "weight_global_scale", "input_global_scale", "input_zero_point",
+                       "output_zero_point"})
+#: what a quantized linear stores its weight as (counted as in*out, never by numel):
+#: compressed-tensors keeps ``weight_packed`` (int32, 32/bits values each) until decompressed
+PACKED_WEIGHT = frozenset({"weight", "weight_packed"})
 SNAPSHOT_FORMAT = "pytest-invarlock-leaves-v1"
 CHUNKED_FORMAT = "pytest-invarlock-leaves-chunked-v1"
 DEFAULT_CHUNK_BYTES = 256 << 20
@@ -239,6 +244,8 @@ def _is_quantized_linear(module: nn.Module) -> bool:
     """Return whether ``module`` is a linear layer whose weights a backend replaced or packed."""
     if not (hasattr(module, "in_features") and hasattr(module, "out_features")):
         return False
+    if getattr(getattr(module, "quantization_scheme", None), "weights", None) is not None:
+        return True  # compressed-tensors: packed, or decompressed in place to a float weight
     weight = getattr(module, "weight", None)
     if weight is None:
         return True  # HQQ, gptqmodel: quantized buffers, no weight at all
@@ -263,7 +270,7 @@ def logical_params(model: nn.Module) -> int:
         if quantized:
             total += int(module.in_features) * int(module.out_features)
         for leaf, p in module.named_parameters(recurse=False):
-            if id(p) in seen or leaf in AUXILIARY or (quantized and leaf == "weight"):
+            if id(p) in seen or leaf in AUXILIARY or (quantized and leaf in PACKED_WEIGHT):
                 continue
             seen.add(id(p))
             total += p.numel()
