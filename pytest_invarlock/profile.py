@@ -179,8 +179,9 @@ class Profile(Protocol[M]):
     @property
     def requirements(self) -> Requirements:
         """Return how implementations register, and what they must have."""
-    #: distributions whose versions make a run's provenance (besides pytest and the suite)
-    packages: tuple[str, ...]
+    @property
+    def packages(self) -> tuple[str, ...]:
+        """Return the distributions whose versions make a run's provenance (beside pytest's)."""
     #: ids of the lanes (``pytest_invarlock.lanes.LANES``) this profile runs in
     lanes: tuple[str, ...]
 

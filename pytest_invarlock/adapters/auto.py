@@ -33,6 +33,7 @@ QUANT_ADAPTERS: dict[str, str] = {
     "hf_bnb": "pytest_invarlock.adapters.quantized:HFBnbAdapter",
     "hf_torchao": "pytest_invarlock.adapters.quantized:HFTorchAoAdapter",
     "hf_quanto": "pytest_invarlock.adapters.quantized:HFQuantoAdapter",
+    "hf_ct": "pytest_invarlock.adapters.quant_ct:HFCTAdapter",
 }
 ROLE_ADAPTERS: dict[str, type[roles.HFRoleAdapter]] = {
     "hf_causal": roles.HFCausalAdapter, "hf_mlm": roles.HFMLMAdapter,

@@ -31,13 +31,9 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from pytest_invarlock.adapters import quantization
 from pytest_invarlock.adapters.base import guard_remote_code, local_only
-from pytest_invarlock.adapters.quantized import (
-    HFQuantizedAdapter,
-    SnapshotError,
-    _quant_method,
-    restore_leaves,
-)
+from pytest_invarlock.adapters.quantized import HFQuantizedAdapter, SnapshotError, restore_leaves
 
 METHOD = "compressed-tensors"
 
@@ -49,6 +45,7 @@ class HFCTAdapter(HFQuantizedAdapter):
     quant_method: ClassVar[str] = METHOD
     backend_module: ClassVar[str] = "compressed_tensors"
     extra: ClassVar[str] = "ct"
+    runtime: ClassVar[bool] = False
 
     @classmethod
     def declines_config(cls, config: Any) -> str | None:
@@ -76,18 +73,17 @@ class HFCTAdapter(HFQuantizedAdapter):
 
         No quantization config of its own is passed: the checkpoint's is the only one.
         """
-        import importlib.util
-
         import transformers
 
-        if importlib.util.find_spec(self.backend_module) is None:
-            raise ImportError(f"{self.name} needs {self.backend_module}: pip install "
-                              f"'pytest-invarlock[{self.extra}]'")
+        missing = self.unavailable()
+        if missing:
+            raise ImportError(missing)
         guard_remote_code(str(model_id), hf_kwargs)
-        if os.path.isdir(str(model_id)) and _quant_method(model_id) != METHOD:
+        method = quantization.checkpoint_method(model_id)
+        if os.path.isdir(str(model_id)) and method != METHOD:
             raise ValueError(f"{model_id} is not a compressed-tensors checkpoint: its config.json "
-                             f"has quant_method {_quant_method(model_id)!r}; {self.name} loads "
-                             "pre-quantized checkpoints only")
+                             f"has quant_method {method!r}; {self.name} loads pre-quantized "
+                             "checkpoints only")
         if hf_kwargs.get("device_map") is None:
             hf_kwargs["device_map"] = {"": "cpu" if device == "auto" else device}
         model: nn.Module = transformers.AutoModelForCausalLM.from_pretrained(

@@ -29,7 +29,23 @@ class HFAdapterProfile:
     """The profile of InvarLock-style model adapters (see the module docstring)."""
 
     name = "hf_adapter"
-    packages: tuple[str, ...] = ("torch", "transformers", "safetensors", "accelerate")
+    #: the quantization backends' distributions: in the provenance when installed
+    backends: tuple[str, ...] = ("bitsandbytes", "torchao", "optimum-quanto", "hqq",
+                                 "compressed-tensors", "gptqmodel", "optimum")
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        """Return the distributions a run's provenance names (the backends only when installed)."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        installed = []
+        for backend in self.backends:
+            try:
+                version(backend)
+            except PackageNotFoundError:
+                continue
+            installed.append(backend)
+        return ("torch", "transformers", "safetensors", "accelerate", *installed)
     lanes: tuple[str, ...] = ("cpu", "cuda", "cpu-quant", "cuda-quant")
 
     @property
