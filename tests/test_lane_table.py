@@ -215,3 +215,11 @@ def test_lane_option_help_names_the_lane(lane: str):
     _, text = _lane_option_help()
     assert _mentions(text, lane), (
         f"pytest_invarlock/plugin.py: the --invarlock-lane help does not name lane {lane}: {text!r}")
+
+
+@pytest.mark.parametrize("lane", LANE_IDS)
+def test_tox_installs_the_extras_of_its_lane(lane: str):
+    """A quantized lane's backends come from its extras, in nox (lanes.py) and tox alike."""
+    section = f"testenv:{_session(lane)}"
+    extras = {e.strip() for e in _tox().get(section, "extras", fallback="dev").split(",")}
+    assert extras == {"dev", *LANES[lane].extras}, f"tox.ini: [{section}] extras are {extras}"

@@ -147,11 +147,18 @@ def test_cuda_lane_is_skipped_with_the_reason(suite):
     result.stdout.fnmatch_lines(["*lane cuda needs a CUDA device*"])
 
 
-def test_quant_lane_without_quantized_adapters_says_so(suite):
+def test_quant_lane_without_backends_says_what_to_install(suite):
+    """Each quantized reference adapter whose backend is missing is one skip with the extra."""
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed here")
     result = suite.runpytest_subprocess("conformance/test_loading.py",
-                                        "--invarlock-lane=cpu-quant", "-rs")
-    result.assert_outcomes(skipped=1)
-    result.stdout.fnmatch_lines(["*no adapter of lane cpu-quant is installed*quantized = True*"])
+                                        "--invarlock-lane=cpu-quant", "-rs",
+                                        "--invarlock-adapter=hf_bnb")
+    result.assert_outcomes(skipped=1)  # said once, not once per check
+    result.stdout.fnmatch_lines(["*hf_bnb needs bitsandbytes: pip install "
+                                 "'pytest-invarlock[[]bnb[]]'*"])
 
 
 def test_unknown_adapter_is_a_usage_error(suite):
