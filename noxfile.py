@@ -112,7 +112,8 @@ def tests_quant(session: nox.Session) -> None:
     """
     session.install(*CPU_PIN, "-e", ".[dev,torchao,quanto,bnb,ct]")
     session.run("pytest", "tests/test_leaves.py", "tests/test_quantized_adapters.py",
-                "tests/test_ct_adapter.py", *session.posargs, env={"HF_HUB_OFFLINE": "1"})
+                "tests/test_ct_adapter.py", "tests/test_quant_fixtures.py",
+                *session.posargs, env={"HF_HUB_OFFLINE": "1"})
 
 
 @nox.session

@@ -100,7 +100,7 @@ def test_each_pair_loads_once_and_only_on_its_worker(pytester, monkeypatch, suit
         worker, _, model = line.split(" ", 2)
         workers.setdefault(model, set()).add(worker)
     fixtures = {m for m in workers if "/fixtures/" in m}
-    assert len(fixtures) == 5  # llama-gqa(-tied), mistral, qwen2-tied, qwen3
+    assert len(fixtures) == 6  # llama-gqa(-tied, -kv2), mistral, qwen2-tied, qwen3
     assert all(len(workers[m]) == 1 for m in fixtures), workers
     assert set().union(*workers.values()) == {"gw0", "gw1"}
     # the costliest cases (the largest checkpoints) start first, one on each worker

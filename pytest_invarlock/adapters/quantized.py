@@ -205,7 +205,7 @@ class HFQuantoAdapter(HFQuantizedAdapter):
 
 
 class HFBnbAdapter(HFQuantizedAdapter):
-    """bitsandbytes LLM.int8() (a pre-quantized bitsandbytes checkpoint loads as it is)."""
+    """bitsandbytes LLM.int8() (a pre-quantized bitsandbytes checkpoint, 8- or 4-bit, loads as it is)."""
 
     name: ClassVar[str] = "hf_bnb"
     quant_method: ClassVar[str] = "bitsandbytes"
@@ -220,11 +220,84 @@ class HFBnbAdapter(HFQuantizedAdapter):
 
         return transformers.BitsAndBytesConfig(load_in_8bit=True)  # type: ignore[no-untyped-call]
 
+    def load_model(self, model_id: str | os.PathLike[str], device: str = "auto",
+                   **hf_kwargs: Any) -> nn.Module:
+        """Load as the base class does, then honour ``dtype`` and settle the 4-bit layout.
+
+        Two facts of transformers 5 / bitsandbytes 0.50 on a pre-quantized checkpoint:
+
+        - ``dtype`` is ignored for its unquantized weights (embeddings, norms, lm_head): the
+          4-bit and 8-bit deserializers claim every ``*.weight`` key, and transformers then
+          keeps the stored dtype. They are cast here as ``from_pretrained`` casts those of a
+          full-precision checkpoint (``_keep_in_fp32_modules`` kept), so both load alike.
+        - the first CPU forward of a ``Linear4bit`` repacks its weight and ``absmax`` in place
+          (research, trap X1); a snapshot taken straight after loading would no longer fit the
+          model after its first evaluation. Each 4-bit layer is run once here, so the model
+          is returned in the layout every later forward keeps.
+        """
+        model = super().load_model(model_id, device, **hf_kwargs)
+        dtype = _as_dtype(hf_kwargs.get("dtype", hf_kwargs.get("torch_dtype")))
+        if dtype is not None and _quant_method(model_id) == self.quant_method:
+            _cast_unquantized(model, dtype)
+        _settle_4bit(model)
+        return model
+
     def settings(self, model: nn.Module) -> dict[str, Any]:
-        """Return 8 bits, or 4 with bitsandbytes' block size of 64."""
-        quant = getattr(model.config, "quantization_config", None)
-        four = bool(getattr(quant, "load_in_4bit", False))
-        return {"bits": 4 if four else 8, "group_size": 64 if four else None}
+        """Return 8 bits, or 4 with the block size the 4-bit weights were quantized with.
+
+        The block size is read from the weights' ``quant_state`` (a checkpoint carries its own;
+        transformers quantizes with 64), one int when all layers agree, else the sorted sizes.
+        """
+        sizes = sorted({int(m.weight.quant_state.blocksize) for m in _bnb_4bit_linears(model)})
+        if not sizes:
+            return {"bits": 8, "group_size": None}
+        return {"bits": 4, "group_size": sizes[0] if len(sizes) == 1 else sizes}
+
+
+def _bnb_4bit_linears(model: nn.Module) -> list[Any]:
+    """Return the bitsandbytes 4-bit linears (``Linear4bit`` and its subclasses) of ``model``."""
+    return [m for m in model.modules() if any(c.__name__ == "Linear4bit" for c in type(m).__mro__)
+            and getattr(getattr(m, "weight", None), "quant_state", None) is not None]
+
+
+def _settle_4bit(model: nn.Module) -> None:
+    """Run every 4-bit linear once on zeros, so a CPU repack happens now, not in a later forward.
+
+    The input has the model's floating dtype, the one hidden states reach the layer with, so
+    bitsandbytes decides (repack or not, compute dtype) exactly as the model's first forward
+    would; the output is discarded.
+    """
+    linears = _bnb_4bit_linears(model)
+    floating = [p.dtype for p in model.parameters() if p.is_floating_point()]
+    dtype = floating[0] if floating else torch.float32
+    with torch.no_grad():
+        for module in linears:
+            module(torch.zeros(1, int(module.in_features), dtype=dtype,
+                               device=module.weight.device))
+
+
+def _as_dtype(value: Any) -> torch.dtype | None:
+    """Return ``value`` as a torch dtype (``"bfloat16"`` included), None for "auto" or none."""
+    if isinstance(value, torch.dtype):
+        return value
+    found = getattr(torch, value, None) if isinstance(value, str) else None
+    return found if isinstance(found, torch.dtype) else None
+
+
+def _cast_unquantized(model: nn.Module, dtype: torch.dtype) -> None:
+    """Cast plain floating parameters to ``dtype`` as ``from_pretrained`` would have.
+
+    Modules transformers keeps in float32 at that dtype stay as they are; tied parameters are
+    one object, so they stay tied.
+    """
+    keep = set(getattr(model, "_keep_in_fp32_modules_strict", None) or [])
+    if dtype == torch.float16:
+        keep |= set(getattr(model, "_keep_in_fp32_modules", None) or [])
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if (type(param) is nn.Parameter and param.is_floating_point()
+                    and param.dtype != dtype and not keep & set(name.split("."))):
+                param.data = param.data.to(dtype)
 
 
 def quantization_error(name: str, model_id: str | os.PathLike[str], method: str) -> ValueError:

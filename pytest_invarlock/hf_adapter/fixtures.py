@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,8 @@ def cache_root() -> Path:
     return Path(base) / "pytest-invarlock" / "fixtures"
 
 
-def _key(fixture: Fixture) -> str:
+def fixture_key(fixture: Fixture) -> str:
+    """Return the cache key of ``fixture``: its entry, this builder and the torch/transformers versions."""
     import torch
     import transformers
 
@@ -91,18 +93,23 @@ def _key(fixture: Fixture) -> str:
 def fixture_path(name: str) -> Path:
     """Return the directory of fixture ``name``, building it first if it is not cached."""
     fixture = catalog()[name]
-    final = cache_root() / f"{name}-{_key(fixture)}"
+    final = cache_root() / f"{name}-{fixture_key(fixture)}"
     if not (final / "config.json").is_file():
-        _build_into(fixture, final)
+        build_atomically(final, lambda tmp: build_model(fixture).save_pretrained(tmp))
     return final
 
 
-def _build_into(fixture: Fixture, final: Path) -> None:
+def build_atomically(final: Path, write: Callable[[Path], None]) -> None:
+    """Have ``write`` fill a fresh directory beside ``final``, then rename it to ``final``.
+
+    The rename is atomic, so a reader sees a whole checkpoint or none; when a concurrent
+    builder (another xdist worker) got there first, its copy is kept and this one dropped.
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{fixture.name}-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
-        build_model(fixture).save_pretrained(tmp)
-        os.replace(tmp, final)  # atomic; a concurrent builder (xdist) may have won the race
+        write(tmp)
+        os.replace(tmp, final)
     except OSError:
         if not (final / "config.json").is_file():
             raise
