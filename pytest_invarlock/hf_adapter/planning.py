@@ -106,6 +106,24 @@ def bundled() -> list[Source]:
     return found
 
 
+def prequantized() -> list[Source]:
+    """Return the catalog's pre-quantized fixtures (None path: their backend is not installed).
+
+    They are the quantized lanes' subjects besides the full-precision fixtures (which runtime
+    quantizing adapters quantize at load); a missing backend leaves its fixtures unbuilt.
+    """
+    from pytest_invarlock.hf_adapter.quant_fixtures import missing, quant_fixture_path
+    from pytest_invarlock.hf_adapter.quant_fixtures import quantized_catalog as entries
+
+    found = []
+    for q in entries().values():
+        reason = missing(q)
+        found.append(Source(q.name, None if reason else str(quant_fixture_path(q.name)), q.family,
+                            q.role, "fixture",
+                            f"quantized fixture {q.name!r} {reason}" if reason else None))
+    return found
+
+
 def explicit(models: tuple[str, ...]) -> list[Source]:
     """Return the ``--invarlock-model`` checkpoints: a package name, a bundled fixture or a path.
 
@@ -196,6 +214,8 @@ class Planner:
                                skip=reason))
             return self.plan
         sources = explicit(request.models) if request.models else bundled()
+        if self.lane.quantized and not request.models:
+            sources += prequantized()
         broken = {s.path: why for s in sources if s.path and request.models
                   and (why := _broken(s.path))}
         for selector in dict.fromkeys(chosen):
@@ -313,7 +333,7 @@ class Planner:
         """
         extra: list[Case] = []
         for source in sources:
-            if source.path is not None or source.missing is None:
+            if source.path is not None or source.missing is None or source.kind != "package":
                 continue
             for case in self.plan.cases:
                 if case.family == source.family and case.path and not case.skip and all(

@@ -153,9 +153,17 @@ def build_bnb(source: Path, out: Path, settings: dict[str, Any]) -> None:
     model.save_pretrained(str(out))
 
 
+def _build_ct(source: Path, out: Path, settings: dict[str, Any]) -> None:
+    """Build a compressed-tensors checkpoint (ct_build.py; imported only when one is built)."""
+    from pytest_invarlock.hf_adapter.ct_build import build_ct
+
+    build_ct(source, out, settings)
+
+
 #: builders by ``method``; another backend is one line: ``"<method>": with_settings(build_x)``
 BUILDERS: dict[str, Builder] = {
     "bitsandbytes": with_settings(build_bnb),
+    "compressed-tensors": with_settings(_build_ct),
 }
 
 
