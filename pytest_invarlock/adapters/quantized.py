@@ -237,7 +237,7 @@ class HFBnbAdapter(HFQuantizedAdapter):
         """
         model = super().load_model(model_id, device, **hf_kwargs)
         dtype = _as_dtype(hf_kwargs.get("dtype", hf_kwargs.get("torch_dtype")))
-        if dtype is not None and _quant_method(model_id) == self.quant_method:
+        if dtype is not None and quantization.checkpoint_method(model_id) == self.quant_method:
             _cast_unquantized(model, dtype)
         _settle_4bit(model)
         return model

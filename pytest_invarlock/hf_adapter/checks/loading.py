@@ -464,10 +464,83 @@ def _refusal_problem(adapter: Any, ctx: CheckContext, probe: Path, kwargs: dict[
     return None
 
 
+# --------------------------------------------------------------------------- quantized checkpoints
+
+
+def _prequantized_for(model: nn.Module) -> tuple[Any, Path] | tuple[None, str]:
+    """Return a buildable pre-quantized fixture of ``model``'s role (else why there is none)."""
+    from pytest_invarlock.hf_adapter.quant_fixtures import missing, quant_fixture_path
+    from pytest_invarlock.hf_adapter.quant_fixtures import quantized_catalog as entries
+
+    role = _role_of(model)
+    mine = [q for q in entries().values() if q.role == role]
+    for q in mine:
+        if missing(q) is None:
+            return q, quant_fixture_path(q.name)
+    if not mine:
+        return None, f"no pre-quantized fixture of role {role!r} exists"
+    return None, (f"no pre-quantized fixture of role {role!r} can be built here: "
+                  f"{mine[0].name} {missing(mine[0])}")
+
+
+def _mishandled(adapter: Any, loaded: nn.Module) -> str | None:
+    """Return what goes wrong when ``adapter`` snapshots a quantized model it accepted."""
+    from pytest_invarlock.hf_adapter import state
+
+    state.mark_deep(loaded)
+    before = state.capture(loaded)
+    try:
+        blob = adapter.snapshot(loaded)
+        state.perturb(loaded)
+        adapter.restore(loaded, blob)
+    except Exception as exc:
+        return f"its snapshot()/restore() of it raised {type(exc).__name__}: {exc}"
+    changed = state.diff(loaded, before)
+    return (f"its snapshot()/restore() of it is not exact (the backend's state is missed): "
+            f"{summarize(changed)}") if changed else None
+
+
+@check(level=MUST, why="transformers applies a checkpoint's quantization_config by itself: a "
+       "full-precision adapter would hand out a quantized model, then describe packed widths and "
+       "snapshot it without the backend's state")
+def check_load_model_refuses_quantized_checkpoint(adapter: Any, model: nn.Module,
+                                                  ctx: CheckContext) -> None:
+    """A full-precision adapter refuses a pre-quantized checkpoint, or fully handles what it takes."""
+    if getattr(adapter, "quantized", False):
+        raise CheckNotApplicable("a quantized adapter (its quantized checks apply instead)")
+    if not hasattr(adapter, "load_model"):
+        raise CheckNotApplicable("adapter has no load_model()")
+    q, path = _prequantized_for(model)
+    if q is None:
+        raise CheckNotApplicable(str(path))
+    call = f"load_model(<{q.method}-quantized fixture {q.name}>)"
+    try:
+        loaded = _load(adapter, ctx, path)
+    except Exception as exc:
+        if not str(exc).strip():
+            raise CheckFailed(f"{call} raised {type(exc).__name__} without a message; say that "
+                              "the checkpoint is quantized and which adapter loads it") from None
+        return  # refused, with a reason
+    probe = fresh_instance(adapter) or adapter
+    try:
+        takes = probe.can_handle(loaded) is True
+    except Exception:
+        takes = False
+    if not takes:
+        return  # loaded, but declined: the model is never described or snapshotted as dense
+    wrong = _mishandled(probe, loaded)
+    if wrong:
+        raise CheckFailed(f"{call} returned a quantized {type(loaded).__name__} that can_handle() "
+                          f"accepts, and {wrong}. Refuse quantized checkpoints in load_model (read "
+                          "config.json's quantization_config) naming the quantized adapter that "
+                          "loads them, or return False from can_handle() for quantized models")
+
+
 CHECKS = (
     check_can_handle_own_model,
     check_can_handle_rejects_foreign_models,
     check_load_model_honours_dtype,
     check_load_model_passes_hf_arguments,
     check_load_model_refuses_remote_code,
+    check_load_model_refuses_quantized_checkpoint,
 )
