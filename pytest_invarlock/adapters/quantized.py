@@ -25,6 +25,9 @@ from pytest_invarlock.adapters.roles import HFCausalAdapter
 #: auxiliary tensors of quantized linears: scales and indices, not logical parameters
 AUXILIARY = frozenset({"weight_scale", "weight_shape", "weight_zero_point", "SCB", "absmax",
                        "scales", "qzeros", "g_idx", "input_scale", "output_scale"})
+#: the stored (packed) weight of a quantized linear: ``weight`` (bitsandbytes, torchao, quanto),
+#: ``W_q`` (HQQ, whose linears have no ``weight``)
+PACKED_WEIGHTS = frozenset({"weight", "W_q"})
 SNAPSHOT_FORMAT = "pytest-invarlock-leaves-v1"
 CHUNKED_FORMAT = "pytest-invarlock-leaves-chunked-v1"
 DEFAULT_CHUNK_BYTES = 256 << 20
@@ -214,8 +217,9 @@ def quantized_modules(model: nn.Module) -> list[str]:
 def logical_params(model: nn.Module) -> int:
     """Count parameters as the full-precision model has them: in*out per quantized linear.
 
-    Packed weights (bitsandbytes 4-bit stores in*out/2 bytes) and auxiliary scales, zeros and
-    indices are not parameters of the model the quantization approximates.
+    Packed weights (bitsandbytes 4-bit stores in*out/2 bytes, HQQ's ``W_q``) and auxiliary
+    scales, zeros and indices are not parameters of the model the quantization approximates; a
+    bias is, also where the backend keeps it as a plain attribute (HQQ).
     """
     seen: set[int] = set()
     total = 0
@@ -223,8 +227,11 @@ def logical_params(model: nn.Module) -> int:
         quantized = _is_quantized_linear(module)
         if quantized:
             total += int(module.in_features) * int(module.out_features)
+            bias = vars(module).get("bias")  # registered parameters never live in __dict__
+            if isinstance(bias, torch.Tensor):
+                total += bias.numel()
         for leaf, p in module.named_parameters(recurse=False):
-            if id(p) in seen or leaf in AUXILIARY or (quantized and leaf == "weight"):
+            if id(p) in seen or leaf in AUXILIARY or (quantized and leaf in PACKED_WEIGHTS):
                 continue
             seen.add(id(p))
             total += p.numel()
