@@ -103,17 +103,17 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(name="tests-quant")
 def tests_quant(session: nox.Session) -> None:
-    """Run the tests of the quantized backends: torchao, optimum-quanto, bitsandbytes, ct.
+    """Run the tests of the quantized backends: torchao, optimum-quanto, bitsandbytes, ct, hqq.
 
     The default ``tests`` session installs no backend, so these tests skip there (saying which
     backend is missing); here they run for real on the CPU: the suite's deep view of state
     (leaves), the quantized reference adapters, and broken quantized adapters failing exactly
     the check they break. Kept out of ``tests``: the backends add minutes of installing.
     """
-    session.install(*CPU_PIN, "-e", ".[dev,torchao,quanto,bnb,ct]")
+    session.install(*CPU_PIN, "-e", ".[dev,torchao,quanto,bnb,ct,hqq]")
     session.run("pytest", "tests/test_leaves.py", "tests/test_quantized_adapters.py",
                 "tests/test_ct_adapter.py", "tests/test_quant_fixtures.py",
-                *session.posargs, env={"HF_HUB_OFFLINE": "1"})
+                "tests/test_hqq_adapter.py", *session.posargs, env={"HF_HUB_OFFLINE": "1"})
 
 
 @nox.session

@@ -341,3 +341,48 @@ def test_malformed_leaf_snapshots_are_refused_with_snapshot_errors(loaded, tmp_p
     with pytest.raises(quantized.SnapshotError, match="symlink"):
         adapter.restore_chunked(model, root)
     assert leaves.diff(model, now) == []
+
+
+class _TakesQuantized(HFCausalAdapter):
+    """A full-precision adapter that loads whatever transformers gives it, quantized or not."""
+
+    name = "takes_quantized"
+
+    def load_model(self, model_id, device="auto", **hf_kwargs):
+        import transformers
+
+        return transformers.AutoModelForCausalLM.from_pretrained(
+            str(model_id), local_files_only=True, **hf_kwargs).eval()
+
+    def can_handle(self, model):
+        return type(model).__name__.endswith("ForCausalLM")
+
+
+@pytest.mark.parametrize("adapter, failing", [
+    (HFCausalAdapter, set()),  # refuses, naming hf_bnb
+    (_TakesQuantized, {"check_load_model_refuses_quantized_checkpoint"}),
+])
+def test_a_full_precision_adapter_refuses_or_handles_a_quantized_checkpoint(adapter, failing):
+    from pytest_invarlock.api import check_adapter
+    from pytest_invarlock.hf_adapter.checks import loading
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        pytest.skip("bitsandbytes is not installed (the cpu-quant lane installs it)")
+    results = check_adapter(adapter(), str(fixture_path("llama-gqa")),
+                            checks=[loading.check_load_model_refuses_quantized_checkpoint])
+    assert {r.check for r in results if r.outcome in ("failed", "error")} == failing, [
+        (r.check, r.outcome, r.reason[:300]) for r in results]
+    if failing:
+        assert "not exact" in results[0].reason or "raised" in results[0].reason
+
+
+def test_loading_a_quantized_checkpoint_through_hf_causal_names_the_adapter():
+    from pytest_invarlock.adapters.base import QuantizedCheckpoint
+    from pytest_invarlock.hf_adapter.quant_fixtures import quant_fixture_path
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        pytest.skip("bitsandbytes is not installed (the cpu-quant lane installs it)")
+    path = quant_fixture_path("llama-gqa-bnb-int8")
+    with pytest.raises(QuantizedCheckpoint, match=r"config\.json has quantization_config "
+                       r"quant_method 'bitsandbytes'.*hf_bnb.*pytest-invarlock\[bnb\]"):
+        HFCausalAdapter().load_model(str(path), device="cpu")

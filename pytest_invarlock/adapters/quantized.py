@@ -29,8 +29,9 @@ AUXILIARY = frozenset({"weight_scale", "weight_shape", "weight_zero_point", "SCB
                        "weight_global_scale", "input_global_scale", "input_zero_point",
                        "output_zero_point"})
 #: what a quantized linear stores its weight as (counted as in*out, never by numel):
-#: compressed-tensors keeps ``weight_packed`` (int32, 32/bits values each) until decompressed
-PACKED_WEIGHT = frozenset({"weight", "weight_packed"})
+#: ``weight`` (bitsandbytes, torchao, quanto), ``W_q`` (HQQ, whose linears have no ``weight``),
+#: ``weight_packed`` (compressed-tensors until decompressed, int32 holding 32/bits values each)
+PACKED_WEIGHT = frozenset({"weight", "W_q", "weight_packed"})
 SNAPSHOT_FORMAT = "pytest-invarlock-leaves-v1"
 CHUNKED_FORMAT = "pytest-invarlock-leaves-chunked-v1"
 DEFAULT_CHUNK_BYTES = 256 << 20
@@ -333,8 +334,9 @@ def quantized_modules(model: nn.Module) -> list[str]:
 def logical_params(model: nn.Module) -> int:
     """Count parameters as the full-precision model has them: in*out per quantized linear.
 
-    Packed weights (bitsandbytes 4-bit stores in*out/2 bytes) and auxiliary scales, zeros and
-    indices are not parameters of the model the quantization approximates.
+    Packed weights (bitsandbytes 4-bit stores in*out/2 bytes, HQQ's ``W_q``) and auxiliary
+    scales, zeros and indices are not parameters of the model the quantization approximates; a
+    bias is, also where the backend keeps it as a plain attribute (HQQ).
     """
     seen: set[int] = set()
     total = 0
@@ -342,6 +344,9 @@ def logical_params(model: nn.Module) -> int:
         quantized = _is_quantized_linear(module)
         if quantized:
             total += int(module.in_features) * int(module.out_features)
+            bias = vars(module).get("bias")  # registered parameters never live in __dict__
+            if isinstance(bias, torch.Tensor):
+                total += bias.numel()
         for leaf, p in module.named_parameters(recurse=False):
             if id(p) in seen or leaf in AUXILIARY or (quantized and leaf in PACKED_WEIGHT):
                 continue

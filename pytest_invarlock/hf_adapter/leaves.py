@@ -10,7 +10,8 @@ quantized one (measured in ``research/quantized-backends-cpu.md``, traps X2 and 
 - bitsandbytes keeps int8 scales on the weight (``Int8Params.CB``/``SCB``) until the first
   forward moves them to ``module.state``, and 4-bit ``Params4bit.quant_state`` holds ``absmax``,
   ``code``, ``offset`` and a nested ``state2``;
-- HQQ keeps ``meta['scale']``/``meta['zero']`` in a plain dict (``zero`` an inference tensor);
+- HQQ keeps ``meta['scale']``/``meta['zero']`` in a plain dict (``zero`` an inference tensor)
+  and a linear's bias as a plain attribute;
 - gptqmodel's forward reads unregistered caches (``scales_and_zeros``, ``ret_idx``).
 
 A snapshot that misses one of these looks exact to a comparison that misses it too, so the
@@ -46,7 +47,8 @@ class Leaf:
     """One plain tensor the forward may read, and what holds it."""
 
     tensor: torch.Tensor
-    #: parameter, buffer, inner (a tensor subclass's), quant_state, meta or cache
+    #: parameter, buffer, inner (a tensor subclass's), quant_state, meta, attribute (a plain
+    #: tensor attribute: HQQ's bias) or cache
     kind: str
 
 
@@ -128,6 +130,9 @@ def _hidden(module: nn.Module, prefix: str) -> Iterator[tuple[str, Leaf]]:
         for key in sorted(meta):
             if isinstance(meta[key], torch.Tensor):
                 yield f"{prefix}meta.{key}", Leaf(meta[key], "meta")
+        bias = vars(module).get("bias")  # HQQLinear keeps its bias as a plain attribute
+        if isinstance(bias, torch.Tensor):
+            yield f"{prefix}bias", Leaf(bias, "attribute")
     for attribute in CACHE_ATTRIBUTES:  # gptqmodel
         value = vars(module).get(attribute)
         if isinstance(value, torch.Tensor):
