@@ -21,7 +21,7 @@ from torch import nn
 
 from pytest_invarlock.adapters import quantization
 from pytest_invarlock.adapters.base import guard_remote_code, local_only
-from pytest_invarlock.adapters.roles import HFCausalAdapter
+from pytest_invarlock.adapters.roles import HFCausalAdapter, refuse_seq2seq
 
 #: auxiliary tensors of quantized linears: scales and indices, not logical parameters
 AUXILIARY = frozenset({"weight_scale", "weight_shape", "weight_zero_point", "SCB", "absmax",
@@ -112,6 +112,7 @@ class HFQuantizedAdapter(HFCausalAdapter):
         if missing:
             raise ImportError(missing)
         guard_remote_code(str(model_id), hf_kwargs)
+        refuse_seq2seq(model_id)
         method = quantization.checkpoint_method(model_id)
         if method is not None and method != self.quant_method:
             raise quantization_error(self.name, model_id, method)
@@ -126,8 +127,9 @@ class HFQuantizedAdapter(HFCausalAdapter):
     def can_handle(self, model: Any) -> bool:
         """Return whether ``model`` is a causal LM this backend quantized (a module at least, X5)."""
         owner = quantization.QUANT_METHODS.get(self.quant_method)
+        family = getattr(getattr(model, "config", None), "model_type", None)
         return (super().can_handle(model) and quantization.model_adapter(model) == owner
-                and bool(quantized_modules(model)))
+                and bool(quantized_modules(model)) and family not in self.declined_families)
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
         """Describe the logical structure (as its full-precision source) and the quantization."""
@@ -212,8 +214,11 @@ class HFBnbAdapter(HFQuantizedAdapter):
     quant_method: ClassVar[str] = "bitsandbytes"
     backend_module: ClassVar[str] = "bitsandbytes"
     extra: ClassVar[str] = "bnb"
-    #: bitsandbytes replaces GPT-2's Conv1D by (transposed) Linear8bitLt: it quantizes every family
-    declined_families: ClassVar[dict[str, str]] = {}
+    #: bitsandbytes replaces GPT-2's Conv1D by (transposed) Linear8bitLt, but not FalconLinear
+    declined_families: ClassVar[dict[str, str]] = {
+        "falcon": "leaves Falcon's FalconLinear layers unquantized: the model would not be "
+                  "quantized at all",
+    }
 
     def quantization_config(self) -> Any:
         """Return LLM.int8()."""

@@ -153,6 +153,18 @@ class HFCausalAdapter(HFRoleAdapter):
     auto_class: ClassVar[str] = "AutoModelForCausalLM"
     suffixes: ClassVar[tuple[str, ...]] = ("ForCausalLM", "LMHeadModel")
 
+    @classmethod
+    def declines_config(cls, config: Any) -> str | None:
+        """Decline an encoder-decoder checkpoint besides the role's rules (see seq2seq_checkpoint)."""
+        if getattr(config, "is_encoder_decoder", False):
+            return seq2seq_checkpoint(config)
+        return super().declines_config(config)
+
+    def load_model(self, model_id: Any, device: str = "auto", **hf_kwargs: Any) -> nn.Module:
+        """Load a causal LM; refuse an encoder-decoder checkpoint (its decoder would be partial)."""
+        refuse_seq2seq(model_id)
+        return super().load_model(model_id, device, **hf_kwargs)
+
     def _accepts(self, model: nn.Module, config: Any) -> bool:
         """Refuse encoder-decoders, and encoder families unless configured as decoders.
 
@@ -283,3 +295,24 @@ class _Config:
         if self._decoder and key in ("is_decoder", "is_encoder_decoder"):
             return key == "is_decoder"
         return getattr(self._config, key)
+
+
+def seq2seq_checkpoint(config: Any) -> str:
+    """Return why a causal adapter does not take an encoder-decoder checkpoint.
+
+    transformers builds the decoder-only class (``BartForCausalLM``) from it, but the checkpoint
+    keeps the decoder's embeddings as the shared ``model.shared`` table: the decoder embeddings
+    and the LM head are missing keys, initialised at random on every load (two loads differ).
+    """
+    archs = getattr(config, "architectures", None) if not isinstance(config, dict) else config.get(
+        "architectures")
+    return (f"an encoder-decoder checkpoint ({', '.join(archs or []) or 'is_encoder_decoder'}): "
+            "loaded as a causal LM its decoder embeddings and LM head are missing keys, random "
+            "on every load; hf_seq2seq loads it")
+
+
+def refuse_seq2seq(model_id: Any) -> None:
+    """Raise ValueError for a local encoder-decoder checkpoint (config.json), naming why."""
+    config = quantization.checkpoint_config(model_id)
+    if config is not None and config.get("is_encoder_decoder"):
+        raise ValueError(f"{model_id}/config.json: {seq2seq_checkpoint(config)}")
