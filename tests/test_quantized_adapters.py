@@ -190,6 +190,25 @@ class _OmitsScales(quantized.HFBnbAdapter):
                 now[name].copy_(value)
 
 
+class _PackedCounts(quantized.HFBnbAdapter):
+    """Counts total_params as stored: a 4-bit weight packs two values per uint8 element."""
+
+    name = "packed_counts"
+
+    def describe(self, model):
+        return {**super().describe(model), "total_params": sum(p.numel() for p in model.parameters())}
+
+
+class _DescribeViaStateDict(quantized.HFBnbAdapter):
+    """Reads the model through state_dict(), which on the CPU unpacks a 4-bit model (bnb-1)."""
+
+    name = "describe_via_state_dict"
+
+    def describe(self, model):
+        model.state_dict()
+        return super().describe(model)
+
+
 class _ModulesUnlisted(quantized.HFTorchAoAdapter):
     """Lists only the attention projections as quantized; the MLP's were quantized too."""
 
@@ -272,6 +291,9 @@ class _ScalesWhereTheyAre(quantized.HFBnbAdapter):
     (_OmitsScales, "bitsandbytes", "llama-gqa", {"check_snapshot_roundtrip_bytes",
                                                  "check_snapshot_before_first_forward"}),
     (_PackedTotal, "torchao", "llama-gqa", {"check_describe_total_params"}),
+    (_PackedCounts, "bitsandbytes", "llama-gqa-kv2-bnb-nf4", {"check_describe_total_params"}),
+    (_DescribeViaStateDict, "bitsandbytes", "llama-gqa-kv2-bnb-nf4",
+     {"check_read_only_calls_leave_model_unchanged"}),
     (_NothingQuantized, "torchao", "gpt2", {"check_model_is_quantized"}),
     (_ModulesUnlisted, "torchao", "llama-gqa", {"check_describe_reports_quantization"}),
     (_MovesOnLoad, "torchao", "llama-gqa", {"check_backend_device_movement_is_respected"}),
@@ -285,7 +307,10 @@ def test_a_broken_quantized_adapter_fails_exactly_its_check(broken, backend, mod
 
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed (the cpu-quant lane installs it)")
-    results = check_adapter(broken(), str(fixture_path(model)))
+    from pytest_invarlock.hf_adapter.quant_fixtures import quant_fixture_path, quantized_catalog
+
+    path = quant_fixture_path(model) if model in quantized_catalog() else fixture_path(model)
+    results = check_adapter(broken(), str(path))
     assert {r.check for r in results if r.outcome in ("failed", "error")} == failing, [
         (r.check, r.outcome, r.reason[:200]) for r in results if r.outcome != "passed"]
 

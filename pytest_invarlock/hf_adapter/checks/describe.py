@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from pytest_invarlock.errors import CheckFailed, CheckNotApplicable
+from pytest_invarlock.hf_adapter import state
 from pytest_invarlock.hf_adapter import truth as truth_mod
 from pytest_invarlock.hf_adapter.checks import SHOULD, CheckContext, Problems, check, summarize
 from pytest_invarlock.resources import validate
@@ -239,9 +240,14 @@ def check_describe_total_params(adapter: Any, model: nn.Module, ctx: CheckContex
     if "total_params" not in desc:
         raise CheckNotApplicable("describe() reports no total_params (optional)")
     if desc["total_params"] != truth.total_params:
+        if state.deep(model):  # quantized: packed storage and scales are not parameters
+            fix = ("count them as its full-precision source has them: in_features * "
+                   "out_features (+ bias) per quantized linear, never the packed weight's numel(), "
+                   "and no scales, zero points or indices")
+        else:
+            fix = "sum numel() over model.parameters() (which skips tied duplicates)"
         raise CheckFailed(f"describe()['total_params'] is {desc['total_params']}, the model has "
-                          f"{truth.total_params} parameters counting shared storage once; sum "
-                          "numel() over model.parameters() (which skips tied duplicates)")
+                          f"{truth.total_params} parameters counting shared storage once; {fix}")
 
 
 def _language_classes(model: nn.Module) -> set[str]:
