@@ -34,6 +34,8 @@ QUANT_ADAPTERS: dict[str, str] = {
     "hf_torchao": "pytest_invarlock.adapters.quantized:HFTorchAoAdapter",
     "hf_quanto": "pytest_invarlock.adapters.quantized:HFQuantoAdapter",
     "hf_ct": "pytest_invarlock.adapters.quant_ct:HFCTAdapter",
+    "hf_gptq": "pytest_invarlock.adapters.quant_gptq:HFGPTQAdapter",
+    "hf_awq": "pytest_invarlock.adapters.quant_gptq:HFAWQAdapter",
 }
 ROLE_ADAPTERS: dict[str, type[roles.HFRoleAdapter]] = {
     "hf_causal": roles.HFCausalAdapter, "hf_mlm": roles.HFMLMAdapter,
