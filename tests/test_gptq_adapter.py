@@ -150,7 +150,7 @@ def test_a_snapshot_before_the_first_forward_is_refused_after_it(built):
     blob = adapter.snapshot(model)
     _logits(model)  # the repack: qweight int32 -> uint8, new caches
     now = leaves.capture(model)
-    with pytest.raises(quantized.SnapshotError, match="does not fit"):
+    with pytest.raises(quantized.SnapshotError, match=r"before the first forward.*repack"):
         adapter.restore(model, blob)
     assert leaves.diff(model, now) == []
 
@@ -160,8 +160,16 @@ def test_a_snapshot_after_the_first_forward_is_refused_before_it(built):
     blob = adapter.snapshot(adapter.load_model(str(path), device="cpu"))
     model = _raw(path)
     now = leaves.capture(model)
-    with pytest.raises(quantized.SnapshotError, match="does not fit"):
+    with pytest.raises(quantized.SnapshotError, match=r"after the first forward.*repack"):
         adapter.restore(model, blob)
+    root = adapter.snapshot_chunked(adapter.load_model(str(path), device="cpu"))
+    try:
+        with pytest.raises(quantized.SnapshotError, match=r"after the first forward.*repack"):
+            adapter.restore_chunked(model, root)
+    finally:
+        import shutil
+
+        shutil.rmtree(root)
     assert leaves.diff(model, now) == []
 
 

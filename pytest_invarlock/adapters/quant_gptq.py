@@ -18,7 +18,8 @@ gptqmodel 7.6.0 and transformers 5.24 (see also ``research/quantized-backends-cp
   caller runs first: a snapshot is the same before and after any later forward;
 - a model loaded elsewhere and not run yet has other leaves (int32 ``qweight``, no caches): a
   snapshot of it does not fit the model after its first forward, and the reverse, and restore
-  refuses both with :class:`~pytest_invarlock.adapters.quantized.SnapshotError`.
+  refuses both with :class:`~pytest_invarlock.adapters.quantized.SnapshotError`, naming the
+  repack.
 """
 
 from __future__ import annotations
@@ -29,7 +30,15 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from pytest_invarlock.adapters.quantized import HFQuantizedAdapter
+from pytest_invarlock.adapters.quantized import (
+    HFQuantizedAdapter,
+    SnapshotError,
+    restore_leaves,
+    restore_leaves_chunked,
+)
+
+#: the unregistered cache gptqmodel's CPU kernels create on the first forward (leaves.py names it)
+REPACKED = ".scales_and_zeros"
 
 
 class HFGptqmodelAdapter(HFQuantizedAdapter):
@@ -68,6 +77,24 @@ class HFGptqmodelAdapter(HFQuantizedAdapter):
         settle(model)
         return model
 
+    def restore(self, model: nn.Module, blob: bytes | bytearray | memoryview) -> None:
+        """Write a :meth:`snapshot` back in place, or raise and leave the model untouched.
+
+        A snapshot from the other side of the first forward's repack is refused, saying so.
+        """
+        data = bytes(blob)
+        try:
+            restore_leaves(model, data)
+        except SnapshotError as exc:
+            raise _stale(exc, _blob_names(data), model) from None
+
+    def restore_chunked(self, model: nn.Module, path: str | os.PathLike[str]) -> None:
+        """Check every file of a chunked snapshot, then restore in place (refusals as restore)."""
+        try:
+            restore_leaves_chunked(model, path)
+        except SnapshotError as exc:
+            raise _stale(exc, _manifest_names(path), model) from None
+
     def settings(self, model: nn.Module) -> dict[str, Any]:
         """Return the checkpoint's ``quantization_config`` bits and group size."""
         quant = getattr(model.config, "quantization_config", None)
@@ -91,6 +118,46 @@ def settle(model: nn.Module) -> None:
             model(input_ids=torch.tensor([[token]], device=device))
     finally:
         model.train(was_training)
+
+
+def _stale(exc: SnapshotError, names: list[str], model: nn.Module) -> SnapshotError:
+    """Return ``exc``, or a refusal naming the repack when snapshot and model straddle it."""
+    from pytest_invarlock.hf_adapter import leaves
+
+    taken = any(n.endswith(REPACKED) for n in names)
+    now = any(n.endswith(REPACKED) for n in leaves.leaves(model))
+    if not names or taken == now:
+        return exc
+    when = ("after the first forward, and the model has not run one" if taken else
+            "before the first forward, and the model has run one since")
+    return SnapshotError(f"the snapshot was taken {when}: gptqmodel's CPU kernels repack the "
+                         "weights then (qweight int32 -> uint8, new caches scales_and_zeros); "
+                         "models from load_model are repacked at load, so their snapshots always "
+                         f"fit; {exc}")
+
+
+def _blob_names(blob: bytes) -> list[str]:
+    """Return the tensor names a safetensors blob holds (empty when it is unreadable)."""
+    import json
+
+    try:
+        size = int.from_bytes(blob[:8], "little")
+        header = json.loads(blob[8:8 + size])
+    except (ValueError, UnicodeDecodeError):
+        return []
+    return [k for k in header if k != "__metadata__"] if isinstance(header, dict) else []
+
+
+def _manifest_names(path: str | os.PathLike[str]) -> list[str]:
+    """Return the tensor names a chunked snapshot's manifest lists (empty when unreadable)."""
+    import json
+
+    try:
+        with open(os.path.join(os.fspath(path), "manifest.json"), encoding="utf-8") as handle:
+            files = json.load(handle)["files"]
+        return [str(n) for entry in files for n in entry["tensors"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 class HFGPTQAdapter(HFGptqmodelAdapter):
