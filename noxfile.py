@@ -116,6 +116,19 @@ def tests_quant(session: nox.Session) -> None:
                 "tests/test_hqq_adapter.py", *session.posargs, env={"HF_HUB_OFFLINE": "1"})
 
 
+@nox.session(name="tests-gptq")
+def tests_gptq(session: nox.Session) -> None:
+    """Run the GPTQ/AWQ adapter tests with gptqmodel (and optimum) installed.
+
+    Its own session: gptqmodel 7.6.0 builds from an sdist (about 100 s) and pins
+    numpy==2.2.6 (on Python < 3.14). The tests build tiny GPTQ/AWQ checkpoints from the
+    fixtures on the CPU (cached beside them) and skip in ``tests``.
+    """
+    session.install(*CPU_PIN, "-e", ".[dev,gptq,awq]")
+    session.run("pytest", "tests/test_gptq_adapter.py", *session.posargs,
+                env={"HF_HUB_OFFLINE": "1"})
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """Run ruff over the whole tree and mypy over what pyproject.toml's ``[tool.mypy]`` names.

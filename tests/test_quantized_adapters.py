@@ -24,8 +24,9 @@ LOGICAL = ("n_layer", "heads_per_layer", "gqa_config", "mlp_dims", "tying", "arc
 
 def _adapter(name):
     cls = ADAPTERS[name]
-    if importlib.util.find_spec(cls.backend_module.split(".")[0]) is None:
-        pytest.skip(f"{cls.backend_module} is not installed (the cpu-quant lane installs it)")
+    missing = cls.unavailable()  # the whole module: `optimum` alone (gptq's) is not optimum-quanto
+    if missing:
+        pytest.skip(f"{missing} (the cpu-quant lane installs it)")
     return cls()
 
 

@@ -35,6 +35,8 @@ QUANT_ADAPTERS: dict[str, str] = {
     "hf_quanto": "pytest_invarlock.adapters.quantized:HFQuantoAdapter",
     "hf_ct": "pytest_invarlock.adapters.quant_ct:HFCTAdapter",
     "hf_hqq": "pytest_invarlock.adapters.quant_hqq:HFHqqAdapter",
+    "hf_gptq": "pytest_invarlock.adapters.quant_gptq:HFGPTQAdapter",
+    "hf_awq": "pytest_invarlock.adapters.quant_gptq:HFAWQAdapter",
 }
 ROLE_ADAPTERS: dict[str, type[roles.HFRoleAdapter]] = {
     "hf_causal": roles.HFCausalAdapter, "hf_mlm": roles.HFMLMAdapter,

@@ -116,6 +116,10 @@ class HFQuantizedAdapter(HFCausalAdapter):
         method = quantization.checkpoint_method(model_id)
         if method is not None and method != self.quant_method:
             raise quantization_error(self.name, model_id, method)
+        if method is None and not self.runtime and hf_kwargs.get("quantization_config") is None:
+            raise ValueError(f"{os.path.join(os.fspath(model_id), 'config.json')} has no "
+                             f"quantization_config: {self.name} loads pre-quantized "
+                             f"{self.quant_method} checkpoints only")
         if method is None:
             hf_kwargs.setdefault("quantization_config", self.quantization_config())
         if hf_kwargs.get("device_map") is None:
@@ -341,7 +345,8 @@ def logical_params(model: nn.Module) -> int:
 
     Packed weights (bitsandbytes 4-bit stores in*out/2 bytes, HQQ's ``W_q``) and auxiliary
     scales, zeros and indices are not parameters of the model the quantization approximates; a
-    bias is, also where the backend keeps it as a plain attribute (HQQ).
+    quantized linear's bias is, also where the backend keeps it as a plain attribute (HQQ) or as
+    a buffer (gptqmodel: a float16 ``bias`` buffer).
     """
     seen: set[int] = set()
     total = 0
@@ -350,8 +355,9 @@ def logical_params(model: nn.Module) -> int:
         if quantized:
             total += int(module.in_features) * int(module.out_features)
             bias = vars(module).get("bias")  # registered parameters never live in __dict__
-            if isinstance(bias, torch.Tensor):
-                total += bias.numel()
+            if not isinstance(bias, torch.Tensor):
+                bias = module._buffers.get("bias")
+            total += bias.numel() if isinstance(bias, torch.Tensor) else 0
         for leaf, p in module.named_parameters(recurse=False):
             if id(p) in seen or leaf in AUXILIARY or (quantized and leaf in PACKED_WEIGHT):
                 continue
