@@ -200,8 +200,7 @@ def _key(fixture: str, settings: dict[str, Any]) -> str:
     import torch
     import transformers
 
-    from pytest_invarlock.hf_adapter.fixtures import _key as fixture_key
-    from pytest_invarlock.hf_adapter.fixtures import catalog
+    from pytest_invarlock.hf_adapter.fixtures import catalog, fixture_key
 
     ident = {"builder": BUILDER_VERSION, "fixture": fixture_key(catalog()[fixture]),
              "settings": settings, "gptqmodel": version("gptqmodel"), "torch": torch.__version__,
