@@ -5,6 +5,7 @@ import tempfile
 import broken_adapters as broken
 import broken_loading
 import broken_preservation
+import broken_quantized
 import pytest
 
 from pytest_invarlock.adapters.roles import HFCausalAdapter
@@ -88,7 +89,10 @@ LEVELS = {c.__name__: level_of(c) for c in all_checks()}
 
 
 def test_every_check_has_a_breaking_case():
+    """Here, or among the broken quantized adapters (run where their backend is installed)."""
     covered = {case[3] for case in CASES}
+    covered |= {check for case in broken_quantized.CASES for check in case[3]}
+    covered |= {check for case in broken_quantized.FULL_PRECISION_CASES for check in case[1]}
     assert covered == {c.__name__ for c in all_checks()}
 
 

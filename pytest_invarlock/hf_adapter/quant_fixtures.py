@@ -160,10 +160,26 @@ def _build_ct(source: Path, out: Path, settings: dict[str, Any]) -> None:
     build_ct(source, out, settings)
 
 
+def _build_gptq(source: Path, out: Path, settings: dict[str, Any]) -> None:
+    """Build a GPTQ/AWQ checkpoint with gptqmodel in a fresh process (gptq_build.py says why)."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GPTQMODEL_CPU_WORKERS": "2"}
+    done = subprocess.run([sys.executable, "-m", "pytest_invarlock.hf_adapter.gptq_build",
+                           str(source), str(out), json.dumps(settings)], env=env,
+                          capture_output=True, text=True, check=False)
+    if done.returncode or not (out / "config.json").is_file():
+        raise RuntimeError(f"gptq_build of {source.name} into {out} failed (exit "
+                           f"{done.returncode}):\n{done.stderr[-4000:]}")
+
+
 #: builders by ``method``; another backend is one line: ``"<method>": with_settings(build_x)``
 BUILDERS: dict[str, Builder] = {
     "bitsandbytes": with_settings(build_bnb),
     "compressed-tensors": with_settings(_build_ct),
+    "gptq": with_settings(_build_gptq),
+    "awq": with_settings(_build_gptq),
 }
 
 
