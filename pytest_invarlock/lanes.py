@@ -24,7 +24,7 @@ LANES: dict[str, Lane] = {lane.id: lane for lane in (
     Lane("cpu", "cpu", False, "full-precision adapters on the CPU"),
     Lane("cuda", "cuda", False, "full-precision adapters on a CUDA device"),
     Lane("cpu-quant", "cpu", True, "quantized adapters on the CPU",
-         extras=("bnb", "torchao", "quanto", "hqq", "ct")),
+         extras=("bnb", "torchao", "quanto", "hqq", "ct", "gptq", "awq")),
     Lane("cuda-quant", "cuda", True, "quantized adapters on a CUDA device",
          extras=("bnb", "torchao", "quanto", "hqq", "ct", "gptq", "awq")),
 )}
