@@ -40,7 +40,8 @@ class QuantizedCheckpoint(ValueError):
     """A full-precision adapter was asked to load a quantized checkpoint."""
 
 
-def refuse_quantized(name: str, model_id: str | os.PathLike[str], hf_kwargs: dict[str, Any]) -> None:
+def refuse_quantized(name: str, model_id: str | os.PathLike[str], hf_kwargs: dict[str, Any],
+                     causal: bool = True) -> None:
     """Refuse a quantized checkpoint (or a ``quantization_config`` argument) with its adapter.
 
     transformers applies a checkpoint's ``quantization_config`` by itself, so a full-precision
@@ -49,17 +50,24 @@ def refuse_quantized(name: str, model_id: str | os.PathLike[str], hf_kwargs: dic
     """
     from pytest_invarlock.adapters import quantization
 
-    method = quantization.checkpoint_method(model_id)
+    method = quantization.checkpoint_method(model_id, **hf_kwargs)
     asked = hf_kwargs.get("quantization_config")
-    if method is None and asked is None:
+    if method is None and (asked is None or quantization.quant_method(
+            {"quantization_config": asked}) is None):
         return
     where = (f"{os.path.join(os.fspath(model_id), 'config.json')} has quantization_config "
              f"quant_method {method!r}" if method else
              f"quantization_config={type(asked).__name__} was passed")
     wanted = quantization.QUANT_METHODS.get(method or "") or quantization.quant_adapter(
         {"quantization_config": asked})
-    how = (f"load it with {wanted} (pip install 'pytest-invarlock[{quantization.EXTRAS[wanted]}]')"
-           if wanted in quantization.EXTRAS else "load it with a quantized adapter")
+    if not causal:
+        how = ("pytest-invarlock's quantized adapters take causal LMs only: pass an adapter of "
+               "your own that declares quantized = True, or the full-precision checkpoint")
+    elif wanted in quantization.EXTRAS:
+        how = f"load it with {wanted} (pip install 'pytest-invarlock[{quantization.EXTRAS[wanted]}]')"
+    else:
+        how = (f"no quantized adapter of pytest-invarlock takes quant_method {method!r}: pass one "
+               "of your own that declares quantized = True, or the full-precision checkpoint")
     raise QuantizedCheckpoint(f"{name} loads full-precision checkpoints only, and {where}: {how}")
 
 
@@ -84,7 +92,8 @@ class HFAdapterBase:
               hf_kwargs: dict[str, Any]) -> nn.Module:
         import transformers
 
-        refuse_quantized(self.name, model_id, hf_kwargs)
+        refuse_quantized(self.name, model_id, hf_kwargs,
+                         causal=auto_class == "AutoModelForCausalLM")
         model_id = str(Path(model_id)) if isinstance(model_id, os.PathLike) else model_id
         model: nn.Module = getattr(transformers, auto_class).from_pretrained(
             model_id, **local_only(model_id, hf_kwargs))

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from pytest_invarlock.adapters import quantization
-from pytest_invarlock.adapters.base import guard_remote_code, local_only
+from pytest_invarlock.adapters.base import guard_remote_code, local_only, resolve_device
 from pytest_invarlock.adapters.quantized import HFQuantizedAdapter, SnapshotError, restore_leaves
 
 METHOD = "compressed-tensors"
@@ -85,7 +85,7 @@ class HFCTAdapter(HFQuantizedAdapter):
                              f"has quant_method {method!r}; {self.name} loads pre-quantized "
                              "checkpoints only")
         if hf_kwargs.get("device_map") is None:
-            hf_kwargs["device_map"] = {"": "cpu" if device == "auto" else device}
+            hf_kwargs["device_map"] = {"": str(resolve_device(device))}
         model: nn.Module = transformers.AutoModelForCausalLM.from_pretrained(
             str(model_id), **local_only(model_id, hf_kwargs))
         if not self.can_handle(model):
@@ -98,13 +98,14 @@ class HFCTAdapter(HFQuantizedAdapter):
     def settings(self, model: nn.Module) -> dict[str, Any]:
         """Return the weights' bits and group size from the checkpoint's config_groups.
 
-        One value each when every group agrees (None for a group size when quantized per
-        channel); every group's own settings are listed under ``config_groups``.
+        One value each when every group agrees (the sorted bit widths of a mixed scheme; None
+        for a group size when quantized per channel); every group's own settings are listed
+        under ``config_groups``.
         """
         groups = config_groups(getattr(model.config, "quantization_config", None))
         bits = {g["bits"] for g in groups.values()}
         sizes = {g["group_size"] for g in groups.values()}
-        return {"bits": bits.pop() if len(bits) == 1 else None,
+        return {"bits": bits.pop() if len(bits) == 1 else sorted(bits),
                 "group_size": sizes.pop() if len(sizes) == 1 else None,
                 "config_groups": groups}
 

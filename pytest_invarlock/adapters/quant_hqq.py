@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from pytest_invarlock.adapters.base import guard_remote_code, local_only
+from pytest_invarlock.adapters.base import guard_remote_code, local_only, resolve_device
 from pytest_invarlock.adapters.quantized import HFQuantizedAdapter
 
 #: HQQ's bits and group size: 4-bit groups of 64 weights run on the CPU and fit every tiny
@@ -124,7 +124,7 @@ class HFHqqAdapter(HFQuantizedAdapter):
         # HQQ casts every module it keeps to its compute dtype: the dtype the model was loaded
         # in, so that a requested dtype (or the checkpoint's, for "auto") is what the caller gets
         compute = next(p.dtype for p in model.parameters() if p.is_floating_point())
-        target = "cpu" if device == "auto" else str(device)
+        target = str(resolve_device(device))
         # {"": device}: one block holding every module, which hqq maps whatever the model's
         # layout (a plain device string needs model.model.layers and fails on OPT or GPT-NeoX).
         # hqq prints progress bars and a spurious "Default model structure not supported"

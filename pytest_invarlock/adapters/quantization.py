@@ -41,6 +41,8 @@ def quant_adapter(config: Any) -> str | None:
     if config is None:
         return None
     quant = _get(config, "quantization_config")
+    if quant is not None and _get(quant, "dequantize") is True:
+        return None  # transformers dequantizes at load: a dense model
     if quant is not None:
         by_class = QUANT_CONFIG_CLASSES.get(type(quant).__name__)
         method = _get(quant, "quant_method")
@@ -55,28 +57,50 @@ def quant_adapter(config: Any) -> str | None:
 
 
 def quant_method(config: Any) -> str | None:
-    """Return the ``quant_method`` string a config carries (None: not quantized)."""
+    """Return the ``quant_method`` string a config carries (None: not quantized).
+
+    A bitsandbytes config saved before ``quant_method`` existed says only ``load_in_8bit`` /
+    ``load_in_4bit``; a config asking transformers to ``dequantize`` at load gives a dense model.
+    """
     quant = _get(config, "quantization_config") if config is not None else None
-    if quant is None:
-        return "bitsandbytes" if quant_adapter(config) == "hf_bnb" else None
-    method = _get(quant, "quant_method")
-    return str(getattr(method, "value", method)) if method is not None else quant_adapter(config)
-
-
-def checkpoint_config(model_id: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """Return a local checkpoint's config.json as a dict (None: no such file, or unreadable)."""
-    path = os.path.join(os.fspath(model_id), "config.json")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            found = json.load(handle)
-    except (OSError, ValueError):
+    if quant is not None and _get(quant, "dequantize") is True:
         return None
-    return found if isinstance(found, dict) else None
+    method = _get(quant, "quant_method") if quant is not None else None
+    if method is not None:
+        return str(getattr(method, "value", method))
+    return "bitsandbytes" if quant_adapter(config) == "hf_bnb" else None
 
 
-def checkpoint_method(model_id: str | os.PathLike[str]) -> str | None:
-    """Return a local checkpoint's ``quant_method`` from its config.json (None: full precision)."""
-    return quant_method(checkpoint_config(model_id))
+def checkpoint_config(model_id: str | os.PathLike[str],
+                      **hub: Any) -> dict[str, Any] | None:
+    """Return a checkpoint's config.json as a dict (None: none, or unreadable).
+
+    A local directory is read directly; a Hub id through transformers' ``get_config_dict``
+    (``hub``: ``revision``, ``cache_dir``, ``local_files_only``...), which builds no config
+    class, so no backend is imported (trap X9).
+    """
+    path = os.path.join(os.fspath(model_id), "config.json")
+    if os.path.isdir(os.fspath(model_id)):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                found = json.load(handle)
+        except (OSError, ValueError):
+            return None
+        return found if isinstance(found, dict) else None
+    try:
+        from transformers import PretrainedConfig
+
+        wanted = ("revision", "cache_dir", "local_files_only", "token", "subfolder")
+        loaded, _ = PretrainedConfig.get_config_dict(
+            os.fspath(model_id), **{k: v for k, v in hub.items() if k in wanted})
+    except Exception:  # offline, unknown id: from_pretrained reports it
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def checkpoint_method(model_id: str | os.PathLike[str], **hub: Any) -> str | None:
+    """Return a checkpoint's ``quant_method`` from its config.json (None: full precision)."""
+    return quant_method(checkpoint_config(model_id, **hub))
 
 
 def model_adapter(model: Any) -> str | None:

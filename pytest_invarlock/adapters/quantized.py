@@ -7,7 +7,8 @@ leaves device placement to the backend (never ``.to()``), describes the *logical
 and snapshots every leaf the forward reads (:mod:`pytest_invarlock.hf_adapter.leaves`), restored
 in place. The facts behind each choice are measured in ``research/quantized-backends-cpu.md``.
 
-Not registered as entry points yet: the quantized checks and the cpu-quant lane come first.
+hf_hqq (quant_hqq.py), hf_ct (quant_ct.py), hf_gptq and hf_awq (quant_gptq.py) build on the same
+base; all seven are registered and run in the quantized lanes.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from pytest_invarlock.adapters import quantization
-from pytest_invarlock.adapters.base import guard_remote_code, local_only
+from pytest_invarlock.adapters.base import guard_remote_code, local_only, resolve_device
 from pytest_invarlock.adapters.roles import HFCausalAdapter, refuse_seq2seq
 
 #: auxiliary tensors of quantized linears: scales and indices, not logical parameters
@@ -70,7 +71,8 @@ class HFQuantizedAdapter(HFCausalAdapter):
         from pytest_invarlock.hf_adapter.capabilities import contract
 
         found = contract()
-        return found.get(self.name) or found.get(quantization.QUANT_METHODS[self.quant_method])
+        return found.get(self.name) or found.get(
+            quantization.QUANT_METHODS.get(self.quant_method, ""))
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -113,7 +115,7 @@ class HFQuantizedAdapter(HFCausalAdapter):
             raise ImportError(missing)
         guard_remote_code(str(model_id), hf_kwargs)
         refuse_seq2seq(model_id)
-        method = quantization.checkpoint_method(model_id)
+        method = quantization.checkpoint_method(model_id, **hf_kwargs)
         if method is not None and method != self.quant_method:
             raise quantization_error(self.name, model_id, method)
         if method is None and not self.runtime and hf_kwargs.get("quantization_config") is None:
@@ -123,7 +125,7 @@ class HFQuantizedAdapter(HFCausalAdapter):
         if method is None:
             hf_kwargs.setdefault("quantization_config", self.quantization_config())
         if hf_kwargs.get("device_map") is None:
-            hf_kwargs["device_map"] = {"": "cpu" if device == "auto" else device}
+            hf_kwargs["device_map"] = {"": str(resolve_device(device))}
         model: nn.Module = transformers.AutoModelForCausalLM.from_pretrained(
             str(model_id), **local_only(model_id, hf_kwargs))
         return model.eval()

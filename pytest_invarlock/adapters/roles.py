@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 from torch import nn
@@ -44,10 +45,13 @@ class HFRoleAdapter(HFAdapterBase):
         family = getattr(config, "model_type", None)
         if cls.families and family not in cls.families:
             return f"{cls.name} takes only model_type {', '.join(sorted(cls.families))}"
-        wanted = quantization.quant_adapter(config)
-        if wanted and not cls.quantized:
-            return (f"a {quantization.quant_method(config)}-quantized checkpoint: {cls.name} loads "
-                    f"full-precision models only ({wanted} loads it)")
+        method = quantization.quant_method(config)
+        if method and not cls.quantized:
+            wanted = quantization.QUANT_METHODS.get(method)
+            owner = (f"{wanted} loads it" if wanted and cls.auto_class == "AutoModelForCausalLM"
+                     else "no reference adapter loads it")
+            return (f"a {method}-quantized checkpoint: {cls.name} loads full-precision models "
+                    f"only ({owner})")
         built = built_class(cls._loader(config), family)
         if built is None:
             return (f"load_model would fail: transformers.{cls._loader(config)} has no class "
@@ -156,7 +160,8 @@ class HFCausalAdapter(HFRoleAdapter):
     @classmethod
     def declines_config(cls, config: Any) -> str | None:
         """Decline an encoder-decoder checkpoint besides the role's rules (see seq2seq_checkpoint)."""
-        if getattr(config, "is_encoder_decoder", False):
+        if getattr(config, "is_encoder_decoder", False) and not decoder_embeddings_stored(
+                getattr(config, "_name_or_path", "")):
             return seq2seq_checkpoint(config)
         return super().declines_config(config)
 
@@ -311,8 +316,34 @@ def seq2seq_checkpoint(config: Any) -> str:
             "on every load; hf_seq2seq loads it")
 
 
+def decoder_embeddings_stored(path: Any) -> bool:
+    """Return whether a local checkpoint stores its decoder's own embedding table.
+
+    Read from the safetensors headers (names only, nothing loaded): a checkpoint saved from the
+    decoder-only class has ``model.decoder.embed_tokens.weight``; one saved from the
+    encoder-decoder keeps only the shared table.
+    """
+    import json
+    import struct
+
+    root = Path(str(path)) if path else None
+    if root is None or not root.is_dir():
+        return False
+    for file in sorted(root.glob("*.safetensors")):
+        try:
+            with file.open("rb") as handle:
+                size = struct.unpack("<Q", handle.read(8))[0]
+                names = json.loads(handle.read(size))
+        except (OSError, ValueError, struct.error):
+            continue
+        if any(str(n).endswith("decoder.embed_tokens.weight") for n in names):
+            return True
+    return False
+
+
 def refuse_seq2seq(model_id: Any) -> None:
-    """Raise ValueError for a local encoder-decoder checkpoint (config.json), naming why."""
-    config = quantization.checkpoint_config(model_id)
-    if config is not None and config.get("is_encoder_decoder"):
+    """Raise ValueError for a local encoder-decoder checkpoint lacking its decoder's embeddings."""
+    config = quantization.checkpoint_config(model_id) if Path(str(model_id)).is_dir() else None
+    if config is not None and config.get("is_encoder_decoder") and not decoder_embeddings_stored(
+            model_id):
         raise ValueError(f"{model_id}/config.json: {seq2seq_checkpoint(config)}")

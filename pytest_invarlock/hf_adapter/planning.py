@@ -112,14 +112,19 @@ def prequantized() -> list[Source]:
     They are the quantized lanes' subjects besides the full-precision fixtures (which runtime
     quantizing adapters quantize at load); a missing backend leaves its fixtures unbuilt.
     """
+    from pytest_invarlock.hf_adapter.checkpoint import one_line
     from pytest_invarlock.hf_adapter.quant_fixtures import missing, quant_fixture_path
     from pytest_invarlock.hf_adapter.quant_fixtures import quantized_catalog as entries
 
     found = []
     for q in entries().values():
-        reason = missing(q)
-        found.append(Source(q.name, None if reason else str(quant_fixture_path(q.name)), q.family,
-                            q.role, "fixture",
+        reason, path = missing(q), None
+        if reason is None:
+            try:
+                path = str(quant_fixture_path(q.name))
+            except Exception as exc:  # one backend's failing build costs only its fixture
+                reason = f"could not be built: {one_line(exc)}"
+        found.append(Source(q.name, path, q.family, q.role, "fixture",
                             f"quantized fixture {q.name!r} {reason}" if reason else None))
     return found
 
@@ -222,6 +227,7 @@ class Planner:
             self._plan_adapter(selector, sources, broken)
         self._unclaimed(sources, broken)
         self._missing_packages(sources)
+        self._unbuilt(sources)
         return self.plan
 
     def _add(self, case: Case) -> None:
@@ -324,6 +330,13 @@ class Planner:
                          "adapter with --invarlock-adapter")
             self._add(Case(PROFILE, "none", "none", source.label, source.path, source.labels,
                            source.kind, error=error))
+
+    def _unbuilt(self, sources: list[Source]) -> None:
+        """Add one error case per bundled fixture whose build failed (its backend is installed)."""
+        for source in sources:
+            if source.path is None and source.missing and "could not be built" in source.missing:
+                self._add(Case(PROFILE, "none", "none", source.label, None, source.labels,
+                               source.kind, error=source.missing))
 
     def _missing_packages(self, sources: list[Source]) -> None:
         """Add skip cases for real checkpoints whose package is not installed.

@@ -160,6 +160,10 @@ def _build_ct(source: Path, out: Path, settings: dict[str, Any]) -> None:
     build_ct(source, out, settings)
 
 
+#: seconds a gptqmodel build may take (a tiny fixture takes 10-20 s on two cores)
+BUILD_TIMEOUT = 600
+
+
 def _build_gptq(source: Path, out: Path, settings: dict[str, Any]) -> None:
     """Build a GPTQ/AWQ checkpoint with gptqmodel in a fresh process (gptq_build.py says why)."""
     import os
@@ -168,7 +172,7 @@ def _build_gptq(source: Path, out: Path, settings: dict[str, Any]) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GPTQMODEL_CPU_WORKERS": "2"}
     done = subprocess.run([sys.executable, "-m", "pytest_invarlock.hf_adapter.gptq_build",
                            str(source), str(out), json.dumps(settings)], env=env,
-                          capture_output=True, text=True, check=False)
+                          capture_output=True, text=True, check=False, timeout=BUILD_TIMEOUT)
     if done.returncode or not (out / "config.json").is_file():
         raise RuntimeError(f"gptq_build of {source.name} into {out} failed (exit "
                            f"{done.returncode}):\n{done.stderr[-4000:]}")

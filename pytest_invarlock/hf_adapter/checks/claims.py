@@ -56,6 +56,10 @@ def _forbid_moves(model: nn.Module) -> Iterator[list[str]]:
 
 #: nn.Module methods that move or cast a whole model
 _MOVES = ("to", "cuda", "cpu", "half", "float", "bfloat16", "double")
+#: packages whose calls are the framework's or the backend's placing, not the adapter's moves
+_LIBRARIES = frozenset({"torch", "transformers", "accelerate", "safetensors", "huggingface_hub",
+                        "bitsandbytes", "torchao", "optimum", "hqq", "compressed_tensors",
+                        "gptqmodel", "peft"})
 
 
 def _model_bases() -> list[type]:
@@ -68,10 +72,11 @@ def _model_bases() -> list[type]:
 
 
 def _moves_during_load(adapter: Any, ctx: CheckContext) -> list[str]:
-    """Return the moves and casts load_model() made on the model it returned (spied class-wide).
+    """Return the moves and casts load_model() made on the model it returned or its modules.
 
-    transformers itself calls none of them on the model it builds (device_map places the
-    weights), so any call on the returned model is the adapter's.
+    Spied class-wide while load_model runs; a call made from torch, transformers, accelerate
+    or a quantization backend is theirs (hqq moves the modules it keeps), any other is the
+    adapter's.
     """
     seen: list[tuple[nn.Module, str]] = []
     owners = [nn.Module, *_model_bases()]
@@ -80,8 +85,12 @@ def _moves_during_load(adapter: Any, ctx: CheckContext) -> list[str]:
 
     def spy(original: Any, name: str) -> Any:
         def watched(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-            shown = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
-            seen.append((self, f".{name}({', '.join(shown)})"))
+            import sys
+
+            caller = str(sys._getframe(1).f_globals.get("__name__", ""))
+            if caller.partition(".")[0] not in _LIBRARIES:  # the adapter's own call
+                shown = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+                seen.append((self, f".{name}({', '.join(shown)})"))
             return original(self, *args, **kwargs)
         return watched
 
@@ -94,7 +103,9 @@ def _moves_during_load(adapter: Any, ctx: CheckContext) -> list[str]:
     finally:
         for (owner, name), original in originals.items():
             setattr(owner, name, original)
-    return [call for receiver, call in seen if receiver is loaded]
+    inside = {id(m): path or "model" for path, m in loaded.named_modules()} if isinstance(
+        loaded, nn.Module) else {}
+    return [f"{inside[id(receiver)]}{call}" for receiver, call in seen if id(receiver) in inside]
 
 
 @check(mutates=True, why="moving a backend-placed (quantized, sharded) model breaks it")

@@ -467,20 +467,26 @@ def _refusal_problem(adapter: Any, ctx: CheckContext, probe: Path, kwargs: dict[
 # --------------------------------------------------------------------------- quantized checkpoints
 
 
+#: the quant methods whose fixtures build fastest first (gptqmodel builds in a subprocess)
+_PREFERRED = ("bitsandbytes", "compressed-tensors", "gptq", "awq")
+
+
 def _prequantized_for(model: nn.Module) -> tuple[Any, Path] | tuple[None, str]:
     """Return a buildable pre-quantized fixture of ``model``'s role (else why there is none)."""
     from pytest_invarlock.hf_adapter.quant_fixtures import missing, quant_fixture_path
     from pytest_invarlock.hf_adapter.quant_fixtures import quantized_catalog as entries
 
     role = _role_of(model)
-    mine = [q for q in entries().values() if q.role == role]
+    mine = sorted((q for q in entries().values() if q.role == role), key=lambda q: (
+        _PREFERRED.index(q.method) if q.method in _PREFERRED else len(_PREFERRED), q.name))
     for q in mine:
         if missing(q) is None:
             return q, quant_fixture_path(q.name)
     if not mine:
         return None, f"no pre-quantized fixture of role {role!r} exists"
-    return None, (f"no pre-quantized fixture of role {role!r} can be built here: "
-                  f"{mine[0].name} {missing(mine[0])}")
+    extras = sorted({q.extra for q in mine})
+    return None, (f"no pre-quantized fixture of role {role!r} can be built here: its backends "
+                  f"are not installed (any of pytest-invarlock[{'], ['.join(extras)}])")
 
 
 def _mishandled(adapter: Any, loaded: nn.Module) -> str | None:
@@ -517,10 +523,12 @@ def check_load_model_refuses_quantized_checkpoint(adapter: Any, model: nn.Module
     try:
         loaded = _load(adapter, ctx, path)
     except Exception as exc:
-        if not str(exc).strip():
-            raise CheckFailed(f"{call} raised {type(exc).__name__} without a message; say that "
-                              "the checkpoint is quantized and which adapter loads it") from None
-        return  # refused, with a reason
+        said = str(exc).lower()
+        if "quantiz" not in said and q.method.lower() not in said:
+            raise CheckFailed(f"{call} raised {type(exc).__name__}({str(exc)[:200]!r}), which "
+                              f"does not say the checkpoint is quantized ({q.method}); refuse it "
+                              "saying so and naming the adapter that loads it") from None
+        return  # refused, saying why
     probe = fresh_instance(adapter) or adapter
     try:
         takes = probe.can_handle(loaded) is True

@@ -35,34 +35,44 @@ def _fresh(adapter: Any, ctx: CheckContext) -> nn.Module:
     return model
 
 
+#: leaf names of the scales a quantized linear keeps beside its weight (floating point, yet only
+#: a quantized module has them): compressed-tensors, gptqmodel, bitsandbytes
+SCALES = frozenset({"weight_scale", "weight_global_scale", "scales", "SCB", "absmax"})
+
+
 def quantized_linears(model: nn.Module) -> list[str]:
-    """Return the linear-like modules that hold quantized data, from the leaves the forward reads.
+    """Return the linear-like modules that hold quantized data, from the module tree and leaves.
 
     A module counts when it has ``in_features``/``out_features`` and directly holds a
-    tensor-subclass weight, an integer tensor, or backend state that is no parameter or buffer
-    (bitsandbytes' quant_state and SCB, HQQ's meta, gptqmodel's caches).
+    tensor-subclass weight, an integer tensor, a quantization scale, or backend state that is no
+    parameter or buffer (bitsandbytes' quant_state and SCB, HQQ's meta, gptqmodel's caches); or
+    carries a compressed-tensors ``quantization_scheme`` with weights (FP8 keeps a float weight).
     """
-    holders: set[str] = set()
+    modules = dict(model.named_modules())
+    holders = {name for name, m in modules.items() if _linear(m) and getattr(
+        getattr(m, "quantization_scheme", None), "weights", None) is not None}
     for name, leaf in leaves.leaves(model).items():
-        owner = _owner(model, name)
-        if owner is None:
+        path = _owner(modules, name)
+        if path is None or not _linear(modules[path]):
             continue
-        path, module = owner
-        if not (hasattr(module, "in_features") and hasattr(module, "out_features")):
-            continue
-        if leaf.kind not in ("parameter", "buffer") or not leaf.tensor.is_floating_point():
+        last = name.split("#", 1)[0].rpartition(".")[2]
+        if (leaf.kind not in ("parameter", "buffer") or not leaf.tensor.is_floating_point()
+                or last in SCALES):
             holders.add(path)
     return sorted(holders)
 
 
-def _owner(model: nn.Module, leaf: str) -> tuple[str, nn.Module] | None:
-    """Return the deepest module (path, module) whose name prefixes a leaf name."""
-    modules = dict(model.named_modules())
+def _linear(module: nn.Module) -> bool:
+    return hasattr(module, "in_features") and hasattr(module, "out_features")
+
+
+def _owner(modules: dict[str, nn.Module], leaf: str) -> str | None:
+    """Return the path of the deepest module whose name prefixes a leaf name."""
     path = leaf.split("#", 1)[0]
     while path:
         path = path.rpartition(".")[0]
         if path in modules:
-            return path, modules[path]
+            return path
     return None
 
 
@@ -97,8 +107,10 @@ def check_describe_reports_quantization(adapter: Any, model: nn.Module, ctx: Che
         problems.add(f"describe()['quantization']['method'] is {method!r}, the model's config says "
                      f"quant_method {want!r}")
     bits = quant.get("bits")
-    if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 16:
-        problems.add(f"describe()['quantization']['bits'] is {bits!r}, not a bit width (1-16)")
+    widths = bits if isinstance(bits, list) and bits else [bits]  # mixed schemes list each
+    if not all(isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 16 for b in widths):
+        problems.add(f"describe()['quantization']['bits'] is {bits!r}, not a bit width (1-16) "
+                     "or a list of the widths a mixed scheme uses")
     truth = quantized_linears(model)
     listed = quant.get("quantized_modules")
     if not isinstance(listed, list) or sorted(map(str, listed)) != truth:
