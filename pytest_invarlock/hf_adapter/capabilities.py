@@ -32,6 +32,18 @@ def backend_moves_devices(adapter: object) -> bool:
     return BACKEND_MOVES_DEVICES in (declared(adapter) or {}).get("runtime_constraints", [])
 
 
+def forbids_moves(adapter: object, model: Any) -> bool:
+    """Return whether the suite must not move or cast ``model``: claimed, or a quantized model.
+
+    A quantized model is placed by its backend whatever the adapter declares: bitsandbytes,
+    quanto and GPTQ refuse ``.to(dtype)``, torchao and HQQ corrupt silently; moving it to test
+    something else would judge the backend, not the adapter.
+    """
+    from pytest_invarlock.hf_adapter.checks.quantized import is_quantized_model
+
+    return backend_moves_devices(adapter) or is_quantized_model(model)
+
+
 def problems(claims: dict[str, Any]) -> list[str]:
     """Return schema errors of one adapter's claims (``adapter`` key optional)."""
     entry = {"adapter": "-", **claims}

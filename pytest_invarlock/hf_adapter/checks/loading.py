@@ -512,7 +512,9 @@ def _mishandled(adapter: Any, loaded: nn.Module) -> str | None:
 def check_load_model_refuses_quantized_checkpoint(adapter: Any, model: nn.Module,
                                                   ctx: CheckContext) -> None:
     """A full-precision adapter refuses a pre-quantized checkpoint, or fully handles what it takes."""
-    if getattr(adapter, "quantized", False):
+    from pytest_invarlock.hf_adapter.checks.quantized import is_quantized_model
+
+    if getattr(adapter, "quantized", False) or is_quantized_model(model):
         raise CheckNotApplicable("a quantized adapter (its quantized checks apply instead)")
     if not hasattr(adapter, "load_model"):
         raise CheckNotApplicable("adapter has no load_model()")
@@ -541,7 +543,9 @@ def check_load_model_refuses_quantized_checkpoint(adapter: Any, model: nn.Module
         raise CheckFailed(f"{call} returned a quantized {type(loaded).__name__} that can_handle() "
                           f"accepts, and {wrong}. Refuse quantized checkpoints in load_model (read "
                           "config.json's quantization_config) naming the quantized adapter that "
-                          "loads them, or return False from can_handle() for quantized models")
+                          "loads them, return False from can_handle() for quantized models, or "
+                          "(a router, a quantization-aware adapter) snapshot every tensor the "
+                          "forward reads, the backend's scales and state included")
 
 
 CHECKS = (

@@ -160,8 +160,9 @@ def _reallocate(model: nn.Module) -> str:
        "the same Parameter objects; a restore into stale storage silently does nothing")
 def check_restore_writes_live_storage(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
     """restore() writes into the tensors the model has now, after .to() replaced their storage."""
-    if capabilities.backend_moves_devices(adapter):
-        raise CheckNotApplicable("the adapter forbids .to() (device_movement_managed_by_backend)")
+    if capabilities.forbids_moves(adapter, model):
+        raise CheckNotApplicable("the model is placed by its backend (the adapter claims "
+                                 "device_movement_managed_by_backend, or the model is quantized)")
     problems = Problems()
     done: list[str] = []
     old: list[torch.UntypedStorage] = []

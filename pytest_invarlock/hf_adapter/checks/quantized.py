@@ -21,9 +21,20 @@ from pytest_invarlock.hf_adapter import leaves, state
 from pytest_invarlock.hf_adapter.checks import MUST, CheckContext, Problems, check, summarize
 
 
-def _quantized_adapter(adapter: Any) -> None:
-    if not getattr(adapter, "quantized", False):
-        raise CheckNotApplicable("not a quantized adapter (it does not declare quantized = True)")
+def is_quantized_model(model: nn.Module) -> bool:
+    """Return whether ``model`` holds quantized modules or backend state (see quantized_linears)."""
+    return leaves.is_quantized(model) or bool(quantized_linears(model))
+
+
+def _quantized_adapter(adapter: Any, model: nn.Module) -> None:
+    """Refuse (not applicable) unless the adapter says it is quantized or its model is.
+
+    An adapter written before ``quantized = True`` existed (a framework's own bitsandbytes
+    adapter) is judged by the model it loaded.
+    """
+    if not getattr(adapter, "quantized", False) and not is_quantized_model(model):
+        raise CheckNotApplicable("not a quantized adapter (it does not declare quantized = True "
+                                 "and its model holds no quantized module)")
 
 
 def _fresh(adapter: Any, ctx: CheckContext) -> nn.Module:
@@ -80,7 +91,7 @@ def _owner(modules: dict[str, nn.Module], leaf: str) -> str | None:
        "under torchao, quanto and HQQ): a 'quantized' verdict on a dense model proves nothing")
 def check_model_is_quantized(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
     """A quantized adapter's model has at least one module that really holds quantized weights."""
-    _quantized_adapter(adapter)
+    _quantized_adapter(adapter, model)
     if not quantized_linears(model):
         raise CheckFailed(f"{type(model).__name__} from {ctx.model_path} holds no quantized module "
                           "(every linear weight is a plain floating-point tensor); quantize it in "
@@ -92,7 +103,7 @@ def check_model_is_quantized(adapter: Any, model: nn.Module, ctx: CheckContext) 
        "how; a wrong list hides layers left in full precision")
 def check_describe_reports_quantization(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
     """describe()['quantization'] names the method, the bits and exactly the quantized modules."""
-    _quantized_adapter(adapter)
+    _quantized_adapter(adapter, model)
     quant = adapter.describe(model).get("quantization")
     if not isinstance(quant, dict):
         raise CheckFailed(f"describe() has no 'quantization' dict (found {quant!r}); report "
@@ -135,7 +146,7 @@ def _n(listed: object) -> str:
 def check_snapshot_before_first_forward(adapter: Any, model: nn.Module,
                                         ctx: CheckContext) -> None:
     """A snapshot taken right after loading, before any forward, restores exactly or is refused."""
-    _quantized_adapter(adapter)
+    _quantized_adapter(adapter, model)
     fresh = _fresh(adapter, ctx)
     blob = adapter.snapshot(fresh)
     first = state.logits(fresh)  # the first forward: backends settle their state here
@@ -172,7 +183,7 @@ def check_snapshot_before_first_forward(adapter: Any, model: nn.Module,
        "backends) gets random weights on every load: no verdict on it means anything")
 def check_load_is_repeatable(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
     """Two loads of the same checkpoint give bit-identical leaves and logits."""
-    _quantized_adapter(adapter)
+    _quantized_adapter(adapter, model)
     one, two = _fresh(adapter, ctx), _fresh(adapter, ctx)
     a, b = leaves.capture(one), leaves.capture(two)
     problems = Problems()

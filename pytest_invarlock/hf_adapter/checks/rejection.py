@@ -356,8 +356,9 @@ def check_restore_chunked_refuses_escaping_paths(adapter: Any, model: nn.Module,
 def check_restore_rejects_dtype_mismatch(adapter: Any, model: nn.Module,
                                          ctx: CheckContext) -> None:
     """restore() refuses a snapshot whose dtypes differ from the model's (e.g. after .half())."""
-    if capabilities.backend_moves_devices(adapter):
-        raise CheckNotApplicable("the adapter forbids .to() (device_movement_managed_by_backend)")
+    if capabilities.forbids_moves(adapter, model):
+        raise CheckNotApplicable("the model is placed by its backend (the adapter claims "
+                                 "device_movement_managed_by_backend, or the model is quantized)")
     blob = _take(adapter, model)
     other = torch.float16 if next(model.parameters()).dtype != torch.float16 else torch.float32
     model.to(other)

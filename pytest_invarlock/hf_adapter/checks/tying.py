@@ -39,8 +39,9 @@ def check_tying_after_to(adapter: Any, model: nn.Module, ctx: CheckContext) -> N
     before = state.storage_groups(model)
     if not before:
         raise CheckNotApplicable("the model has no tied weights")
-    if capabilities.backend_moves_devices(adapter):
-        raise CheckNotApplicable("the adapter forbids .to() (device_movement_managed_by_backend)")
+    if capabilities.forbids_moves(adapter, model):
+        raise CheckNotApplicable("the model is placed by its backend (the adapter claims "
+                                 "device_movement_managed_by_backend, or the model is quantized)")
     dtype = next(model.parameters()).dtype
     model.to(torch.float64).to(dtype)
     after = state.storage_groups(model)
