@@ -96,6 +96,15 @@ class DescribeViaStateDict(quantized.HFBnbAdapter):
         return super().describe(model)
 
 
+class EightBitsSaid(quantized.HFBnbAdapter):
+    """Reports 8 bits for a 4-bit model (read from the load config's defaults, say)."""
+
+    name = "eight_bits_said"
+
+    def settings(self, model):
+        return {**super().settings(model), "bits": 8}
+
+
 class ModulesUnlisted(quantized.HFTorchAoAdapter):
     """Lists only the attention projections as quantized; the MLP's were quantized too."""
 
@@ -199,6 +208,8 @@ CASES = [
      {"check_read_only_calls_leave_model_unchanged"}),
     (NothingQuantized, "torchao", "gpt2", {"check_model_is_quantized"}),
     (ModulesUnlisted, "torchao", "llama-gqa", {"check_describe_reports_quantization"}),
+    (EightBitsSaid, "bitsandbytes", "llama-gqa-kv2-bnb-nf4",
+     {"check_describe_reports_quantization"}),
     (MovesOnLoad, "torchao", "llama-gqa", {"check_backend_device_movement_is_respected"}),
     (RandomOnLoad, "torchao", "llama-gqa", {"check_load_is_repeatable"}),
     # both orders of one defect: restored after the first forward, and into a fresh process

@@ -73,6 +73,31 @@ def quantized_linears(model: nn.Module) -> list[str]:
     return sorted(holders)
 
 
+def stored_bits(model: nn.Module) -> set[int]:
+    """Return the bit widths the quantized modules' weights hold, where the module says so.
+
+    bitsandbytes' weight classes, HQQ's ``meta['nbits']``, gptqmodel's ``bits``, a
+    compressed-tensors scheme's ``weights.num_bits``; a module that says nothing is left out.
+    """
+    found: set[int] = set()
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        kind = type(weight).__name__
+        meta = vars(module).get("meta")
+        scheme = getattr(getattr(module, "quantization_scheme", None), "weights", None)
+        if kind == "Params4bit":
+            found.add(4)
+        elif kind == "Int8Params":
+            found.add(8)
+        elif isinstance(meta, dict) and isinstance(meta.get("nbits"), int):
+            found.add(int(meta["nbits"]))
+        elif scheme is not None and isinstance(getattr(scheme, "num_bits", None), int):
+            found.add(int(scheme.num_bits))
+        elif _linear(module) and isinstance(bits := getattr(module, "bits", None), int):
+            found.add(bits)
+    return found
+
+
 def _linear(module: nn.Module) -> bool:
     return hasattr(module, "in_features") and hasattr(module, "out_features")
 
@@ -122,6 +147,11 @@ def check_describe_reports_quantization(adapter: Any, model: nn.Module, ctx: Che
     if not all(isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 16 for b in widths):
         problems.add(f"describe()['quantization']['bits'] is {bits!r}, not a bit width (1-16) "
                      "or a list of the widths a mixed scheme uses")
+    else:
+        held = stored_bits(model)
+        if held and set(widths) != held:
+            problems.add(f"describe()['quantization']['bits'] is {bits!r}, the quantized modules "
+                         f"hold {sorted(held)}-bit weights")
     truth = quantized_linears(model)
     listed = quant.get("quantized_modules")
     if not isinstance(listed, list) or sorted(map(str, listed)) != truth:
