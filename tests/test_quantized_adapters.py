@@ -220,3 +220,31 @@ def test_loading_a_quantized_checkpoint_through_hf_causal_names_the_adapter():
     with pytest.raises(QuantizedCheckpoint, match=r"config\.json has quantization_config "
                        r"quant_method 'bitsandbytes'.*hf_bnb.*pytest-invarlock\[bnb\]"):
         HFCausalAdapter().load_model(str(path), device="cpu")
+
+
+class _Gpt2Only(HFCausalAdapter):
+    """Refuses every family but GPT-2, without a word about quantization."""
+
+    name = "gpt2_only"
+
+    def load_model(self, model_id, device="auto", **hf_kwargs):
+        import json
+        from pathlib import Path
+
+        family = json.loads((Path(model_id) / "config.json").read_text())["model_type"]
+        if family != "gpt2":
+            raise ValueError(f"gpt2_only takes model_type gpt2, not {family}")
+        return super().load_model(model_id, device, **hf_kwargs)
+
+
+def test_a_refusal_for_the_family_says_nothing_about_quantization():
+    """Not applicable: the adapter refuses the quantized fixture's full-precision source too."""
+    from pytest_invarlock.api import check_adapter
+    from pytest_invarlock.hf_adapter.checks import loading
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        pytest.skip("bitsandbytes is not installed (the cpu-quant lane installs it)")
+    [result] = check_adapter(_Gpt2Only(), str(fixture_path("gpt2")),
+                             checks=[loading.check_load_model_refuses_quantized_checkpoint])
+    assert result.outcome == "skipped", result.reason
+    assert "does not load the fixture 'llama-gqa' in full precision either" in result.reason

@@ -114,7 +114,7 @@ class HFQuantizedAdapter(HFCausalAdapter):
         if missing:
             raise ImportError(missing)
         guard_remote_code(str(model_id), hf_kwargs)
-        refuse_seq2seq(model_id)
+        refuse_seq2seq(model_id, **hf_kwargs)
         method = quantization.checkpoint_method(model_id, **hf_kwargs)
         if method is not None and method != self.quant_method:
             raise quantization_error(self.name, model_id, method)

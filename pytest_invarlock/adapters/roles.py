@@ -167,7 +167,7 @@ class HFCausalAdapter(HFRoleAdapter):
 
     def load_model(self, model_id: Any, device: str = "auto", **hf_kwargs: Any) -> nn.Module:
         """Load a causal LM; refuse an encoder-decoder checkpoint (its decoder would be partial)."""
-        refuse_seq2seq(model_id)
+        refuse_seq2seq(model_id, **hf_kwargs)
         return super().load_model(model_id, device, **hf_kwargs)
 
     def _accepts(self, model: nn.Module, config: Any) -> bool:
@@ -341,9 +341,12 @@ def decoder_embeddings_stored(path: Any) -> bool:
     return False
 
 
-def refuse_seq2seq(model_id: Any) -> None:
-    """Raise ValueError for a local encoder-decoder checkpoint lacking its decoder's embeddings."""
-    config = quantization.checkpoint_config(model_id) if Path(str(model_id)).is_dir() else None
+def refuse_seq2seq(model_id: Any, **hub: Any) -> None:
+    """Raise ValueError for an encoder-decoder checkpoint lacking its decoder's embeddings.
+
+    A Hub id's weights cannot be looked into before loading: any encoder-decoder one is refused.
+    """
+    config = quantization.checkpoint_config(model_id, **hub)
     if config is not None and config.get("is_encoder_decoder") and not decoder_embeddings_stored(
             model_id):
         raise ValueError(f"{model_id}/config.json: {seq2seq_checkpoint(config)}")

@@ -489,6 +489,22 @@ def _prequantized_for(model: nn.Module) -> tuple[Any, Path] | tuple[None, str]:
                   f"are not installed (any of pytest-invarlock[{'], ['.join(extras)}])")
 
 
+def _takes_source(adapter: Any, ctx: CheckContext, source: str, exc: Exception) -> None:
+    """Raise not-applicable when the adapter refuses the quantized fixture's source model too.
+
+    An adapter of one family refuses another family's checkpoint for the family, quantized or
+    not: its refusal says nothing about quantization.
+    """
+    from pytest_invarlock.hf_adapter.fixtures import fixture_path
+
+    try:
+        _load(adapter, ctx, fixture_path(source))
+    except Exception:
+        raise CheckNotApplicable(f"the adapter does not load the fixture {source!r} in full "
+                                 f"precision either ({type(exc).__name__}: {str(exc)[:120]})"
+                                 ) from None
+
+
 def _mishandled(adapter: Any, loaded: nn.Module) -> str | None:
     """Return what goes wrong when ``adapter`` snapshots a quantized model it accepted."""
     from pytest_invarlock.hf_adapter import state
@@ -527,6 +543,7 @@ def check_load_model_refuses_quantized_checkpoint(adapter: Any, model: nn.Module
     except Exception as exc:
         said = str(exc).lower()
         if "quantiz" not in said and q.method.lower() not in said:
+            _takes_source(adapter, ctx, q.source, exc)
             raise CheckFailed(f"{call} raised {type(exc).__name__}({str(exc)[:200]!r}), which "
                               f"does not say the checkpoint is quantized ({q.method}); refuse it "
                               "saying so and naming the adapter that loads it") from None

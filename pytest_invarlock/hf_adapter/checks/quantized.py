@@ -130,6 +130,9 @@ def check_describe_reports_quantization(adapter: Any, model: nn.Module, ctx: Che
     """describe()['quantization'] names the method, the bits and exactly the quantized modules."""
     _quantized_adapter(adapter, model)
     quant = adapter.describe(model).get("quantization")
+    if quant is None and not getattr(adapter, "quantized", False):
+        raise CheckNotApplicable("describe() reports no quantization (required of adapters that "
+                                 "declare quantized = True, optional for others)")
     if not isinstance(quant, dict):
         raise CheckFailed(f"describe() has no 'quantization' dict (found {quant!r}); report "
                           "{'method', 'bits', 'group_size', 'quantized_modules'}")
