@@ -75,3 +75,20 @@ def test_auto_device_prefers_cuda_then_mps(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # no GPU here: mock it
     assert base.resolve_device("auto") == torch.device("cuda")
     assert base.resolve_device("cpu") == torch.device("cpu")
+
+
+def test_hf_causal_refuses_an_encoder_decoder_checkpoint_but_takes_a_decoder_only_save(tmp_path):
+    """A BART seq2seq checkpoint keeps only the shared embeddings: as BartForCausalLM its decoder
+    embeddings and LM head would be random on every load. A BartForCausalLM save stores them."""
+    bart = str(fixture_path("bart"))
+    with pytest.raises(ValueError, match=r"encoder-decoder checkpoint.*hf_seq2seq loads it"):
+        HFCausalAdapter().load_model(bart, device="cpu")
+    config = transformers.AutoConfig.from_pretrained(bart, local_files_only=True)
+    assert "encoder-decoder" in (HFCausalAdapter.declines_config(config) or "")
+    decoder = transformers.BartForCausalLM.from_pretrained(bart, local_files_only=True)
+    decoder.save_pretrained(tmp_path / "decoder")
+    model = HFCausalAdapter().load_model(str(tmp_path / "decoder"), device="cpu")
+    again = HFCausalAdapter().load_model(str(tmp_path / "decoder"), device="cpu")
+    assert type(model).__name__ == "BartForCausalLM"
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                  again.state_dict().values(), strict=True))

@@ -316,6 +316,10 @@ def seq2seq_checkpoint(config: Any) -> str:
             "on every load; hf_seq2seq loads it")
 
 
+#: the largest safetensors header read (names and offsets; a real one is kilobytes to megabytes)
+HEADER_LIMIT = 100 << 20
+
+
 def decoder_embeddings_stored(path: Any) -> bool:
     """Return whether a local checkpoint stores its decoder's own embedding table.
 
@@ -333,6 +337,8 @@ def decoder_embeddings_stored(path: Any) -> bool:
         try:
             with file.open("rb") as handle:
                 size = struct.unpack("<Q", handle.read(8))[0]
+                if size > HEADER_LIMIT:  # not a header safetensors writes: never read it whole
+                    continue
                 names = json.loads(handle.read(size))
         except (OSError, ValueError, struct.error):
             continue
