@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from pytest_invarlock.adapters import quantization
 from pytest_invarlock.adapters.base import guard_remote_code, local_only, resolve_device
 from pytest_invarlock.adapters.quantized import HFQuantizedAdapter
 
@@ -64,7 +65,7 @@ class HFHqqAdapter(HFQuantizedAdapter):
         why = super().declines_config(config)
         if why is not None:
             return why
-        method = _config_quant_method(config)
+        method = quantization.quant_method(config)
         if method == "hqq":
             return (f"{cls.name} does not load saved HQQ checkpoints: that needs transformers' HQQ "
                     "integration, which transformers 5 does not have (NotImplementedError); "
@@ -100,13 +101,11 @@ class HFHqqAdapter(HFQuantizedAdapter):
         loaded backends (bitsandbytes, torchao) leave them trainable, and the quantized weights
         themselves (uint8 ``W_q``) cannot require gradients anyway.
         """
-        import importlib.util
-
         import transformers
 
-        if importlib.util.find_spec(self.backend_module) is None:
-            raise ImportError(f"{self.name} needs {self.backend_module}: pip install "
-                              f"'pytest-invarlock[{self.extra}]'")
+        missing = self.unavailable()
+        if missing:
+            raise ImportError(missing)
         from hqq.core.quantize import BaseQuantizeConfig
         from hqq.models.hf.base import AutoHQQHFModel
 
@@ -146,16 +145,6 @@ class HFHqqAdapter(HFQuantizedAdapter):
         quant = getattr(getattr(model, "config", None), "quantization_config", None)
         quant = quant if isinstance(quant, dict) else {}
         return {"bits": quant.get("nbits"), "group_size": quant.get("group_size")}
-
-
-def _config_quant_method(config: Any) -> str | None:
-    """Return ``quantization_config.quant_method`` of a config (dict or object), or None."""
-    quant = getattr(config, "quantization_config", None)
-    if quant is None:
-        return None
-    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(
-        quant, "quant_method", None)
-    return None if method is None else str(getattr(method, "value", method))
 
 
 def _meta_model(config: Any) -> nn.Module:

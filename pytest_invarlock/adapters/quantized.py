@@ -467,17 +467,12 @@ def snapshot_leaves_chunked(model: nn.Module, *, prefix: str, directory: str | N
 
     from safetensors.torch import save
 
+    from pytest_invarlock.adapters.snapshot import size_groups
+
     stored, aliases = _unique_leaves(model)
     root = tempfile.mkdtemp(prefix=prefix, dir=directory)
-    groups: list[list[str]] = [[]]
-    size = 0
-    for name, t in stored.items():
-        nbytes = t.numel() * t.element_size()
-        if groups[-1] and size + nbytes > chunk_bytes:
-            groups.append([])
-            size = 0
-        groups[-1].append(name)
-        size += nbytes
+    groups = size_groups(list(stored), lambda n: stored[n].numel() * stored[n].element_size(),
+                         chunk_bytes)
     files = []
     for index, names in enumerate(groups):
         data = save({n: stored[n] for n in names})

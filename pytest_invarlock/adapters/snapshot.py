@@ -31,13 +31,15 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 import xxhash
 from torch import nn
 
 from pytest_invarlock.errors import SnapshotError
+
+T = TypeVar("T")
 
 FORMAT = "invarlock-snapshot-v1"
 CHUNKED_FORMAT = "invarlock-chunked-snapshot-v1"
@@ -450,7 +452,7 @@ def snapshot_chunked(model: nn.Module, *, prefix: str = "invarlock-snap-",
     tensors, aliases = unique_tensors(model)
     out = Path(tempfile.mkdtemp(prefix=prefix, dir=directory))
     chunks = []
-    for index, group in enumerate(_groups(_layout(tensors), chunk_bytes)):
+    for index, group in enumerate(size_groups(_layout(tensors), lambda s: s.nbytes, chunk_bytes)):
         chunks.append(_write_chunk(out / f"chunk-{index:05d}.safetensors", group, tensors))
     manifest = {"format": CHUNKED_FORMAT, "aliases": aliases, "chunks": chunks}
     tmp = out / (MANIFEST + ".tmp")
@@ -459,16 +461,20 @@ def snapshot_chunked(model: nn.Module, *, prefix: str = "invarlock-snap-",
     return str(out)
 
 
-def _groups(specs: list[Spec], limit: int) -> Iterator[list[Spec]]:
-    group: list[Spec] = []
+def size_groups(items: list[T], nbytes: Callable[[T], int], limit: int) -> Iterator[list[T]]:
+    """Split ``items``, in order, into runs of at most ``limit`` bytes (one item may exceed it).
+
+    No items give one empty run: a snapshot of nothing is still one (empty) chunk.
+    """
+    group: list[T] = []
     size = 0
-    for s in specs:
-        if group and size + s.nbytes > limit:
+    for item in items:
+        if group and size + nbytes(item) > limit:
             yield group
             group, size = [], 0
-        group.append(s)
-        size += s.nbytes
-    if group or not specs:
+        group.append(item)
+        size += nbytes(item)
+    if group or not items:
         yield group
 
 
