@@ -95,9 +95,12 @@ def tests(session: nox.Session) -> None:
     """Run the project's own tests (pytester, broken adapters, snapshot format) on the CPU.
 
     Two xdist workers by default: most tests run a conformance suite in a subprocess, and a CI
-    runner has two cores (``nox -s tests -- -n 0`` runs them in one process).
+    runner has two cores (``nox -s tests -- -n 0`` runs them in one process). transformer-lens
+    is installed (the ``tl`` extra) for the TransformerLens profile's subset: llama passing
+    every check, one broken adapter per check, a lane run on two architectures; the profile
+    over every architecture is ``nox -s lane-tl-cpu`` (minutes, its own session).
     """
-    session.install(*CPU_PIN, "-e", ".[dev]")
+    session.install(*CPU_PIN, "-e", ".[dev,tl]")
     session.run("pytest", "-n", "2", *session.posargs, env={"HF_HUB_OFFLINE": "1"})
 
 

@@ -27,6 +27,8 @@ LANES: dict[str, Lane] = {lane.id: lane for lane in (
          extras=("bnb", "torchao", "quanto", "hqq", "ct", "gptq", "awq")),
     Lane("cuda-quant", "cuda", True, "quantized adapters on a CUDA device",
          extras=("bnb", "torchao", "quanto", "hqq", "ct", "gptq", "awq")),
+    Lane("tl-cpu", "cpu", False, "TransformerLens architecture adapters on tiny real models, CPU",
+         requires=(("transformer_lens", "transformer-lens==4.3.*"),)),
 )}
 AUTO = "auto"
 

@@ -30,6 +30,10 @@ CASE_PARAM = "invarlock_case"
 CHECK_PARAM = "invarlock_check"
 
 
+#: above this many adapters a profile's header says how many, not one line each
+HEADER_ADAPTERS = 30
+
+
 class InvarlockRun:
     """Per-process state of a conformance run: lane, profiles, plans, loaded subjects, records."""
 
@@ -222,8 +226,14 @@ class InvarlockRun:
             if profile.name not in names:
                 continue
             discovery = self.discovery(profile)
-            lines += [f"invarlock: adapter {label} = {spec.target} ({spec.distribution} "
-                      f"{spec.version})" for label, spec in sorted(discovery.adapters.items())]
+            if len(discovery.adapters) > HEADER_ADAPTERS:  # a table, not a page, of them
+                sources = sorted({f"{s.distribution} {s.version}"
+                                  for s in discovery.adapters.values()})
+                lines.append(f"invarlock: {profile.name}: {len(discovery.adapters)} adapters "
+                             f"({', '.join(sources)}); the records name each one's target")
+            else:
+                lines += [f"invarlock: adapter {label} = {spec.target} ({spec.distribution} "
+                          f"{spec.version})" for label, spec in sorted(discovery.adapters.items())]
             lines += [f"invarlock: problem: {p}" for p in discovery.problems.values()]
         return lines
 

@@ -35,7 +35,8 @@ M = TypeVar("M")
 #: The entry-point group third parties register profiles under.
 PROFILE_GROUP = "invarlock.profiles"
 #: The built-in profiles, in the order they are planned and reported.
-BUILTIN: tuple[str, ...] = ("pytest_invarlock.hf_adapter:PROFILE",)
+BUILTIN: tuple[str, ...] = ("pytest_invarlock.hf_adapter:PROFILE",
+                           "pytest_invarlock.tl.profile:PROFILE")
 #: The model label of a case that stands for every model (a skip or error said once).
 ALL_MODELS = "all-models"
 #: Where a case's checkpoint comes from.

@@ -13,6 +13,7 @@ import difflib
 import importlib
 import inspect
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from importlib.metadata import entry_points
 from typing import Any
@@ -34,6 +35,15 @@ class Requirements:
     methods: tuple[str, ...]
     #: why the methods beyond ``members`` are needed (appended to the error)
     methods_why: str = ""
+    #: whether the core makes an instance with no arguments; False when an implementation is a
+    #: class its profile instantiates per subject (TransformerLens adapters take the subject's
+    #: config), and the core hands ``Profile.load`` the class
+    construct: bool = True
+    #: the profile's own lister of its implementations, used instead of reading ``groups``:
+    #: for protocols whose own distribution keeps a table rather than entry points
+    #: (TransformerLens's factory); it must load nothing heavy
+    listing: Callable[[Requirements], list[AdapterSpec]] | None = field(default=None,
+                                                                        compare=False)
 
 
 class AdapterError(Exception):
@@ -119,7 +129,13 @@ class AdapterSpec:
         return cls
 
     def instantiate(self) -> Any:
-        """Import the class, instantiate it with no arguments and check the protocol."""
+        """Import the class, instantiate it with no arguments and check the protocol.
+
+        For a profile that instantiates per subject (``Requirements.construct`` False), the
+        checked class itself.
+        """
+        if not self.needs.construct:
+            return self.check_class()
         cls = self.load_class()
         try:
             adapter = cls()
@@ -183,7 +199,7 @@ def discover(needs: Requirements | None = None) -> Discovery:
 
         needs = profiles()[0].requirements
     by_name: dict[str, list[AdapterSpec]] = {}
-    for spec in _registrations(needs):
+    for spec in needs.listing(needs) if needs.listing else _registrations(needs):
         by_name.setdefault(spec.name, []).append(spec)
     adapters: dict[str, AdapterSpec] = {}
     problems: dict[str, str] = {}
