@@ -29,6 +29,10 @@ LANES_FILE = Path(__file__).parent / "pytest_invarlock" / "lanes.py"
 #: verifies against the same torch; a CUDA lane leaves torch to the runner, whose CUDA wheels must
 #: match its driver.
 TORCH_PINS: dict[str, tuple[str, ...]] = {"cpu": CPU_PIN, "cuda": ()}
+#: a lane's environment: offline, and one string-hash seed, so that a results file is the same
+#: run to run even where the code under test iterates sets (TransformerLens 4.3's bridge state
+#: dict of BART-like encoder-decoders depends on the hash seed)
+LANE_ENV = {"HF_HUB_OFFLINE": "1", "PYTHONHASHSEED": "0"}
 
 
 def _load_lanes() -> ModuleType:
@@ -59,7 +63,8 @@ def _lane(lane: Lane) -> None:
         session.install(*pins, "-e", f".[{','.join(('dev', *lane.extras))}]", *requirements)
         RESULTS.mkdir(exist_ok=True)
         session.run("pytest", "conformance/", f"--invarlock-lane={lane.id}",
-                    f"--invarlock-report={RESULTS / f'{lane.id}.json'}", *session.posargs)
+                    f"--invarlock-report={RESULTS / f'{lane.id}.json'}", *session.posargs,
+                    env=LANE_ENV)
 
     torch = "the CPU torch build" if pins else "the runner's CUDA torch"
     session_fn.__doc__ = (

@@ -88,10 +88,10 @@ def test_lane_ids_name_the_architecture_and_a_foreign_adapter():
     from pytest_invarlock.profile import Case
 
     own = Case("transformer_lens", "LlamaArchitectureAdapter", "x", LLAMA, None)
-    other = Case("transformer_lens", "tests.broken_tl:ShiftsLogits", "x", LLAMA, None)
+    other = Case("transformer_lens", "broken_tl:ShiftsLogits", "x", LLAMA, None)
     assert PROFILE.lane_id(own, "tl-cpu") == "LlamaForCausalLM-tl-cpu"
     assert PROFILE.lane_id(other, "tl-cpu") == (
-        "LlamaForCausalLM-tl-cpu-tests.broken_tl:ShiftsLogits")
+        "LlamaForCausalLM-tl-cpu-broken_tl:ShiftsLogits")
 
 
 # --------------------------------------------------------------------------- checks
@@ -117,7 +117,7 @@ def test_llama_passes_every_check():
 def _broken_cases() -> list[str]:
     if not HAS_TL:
         return ["transformer-lens-missing"]
-    import tests.broken_tl as broken
+    import broken_tl as broken
 
     return sorted(broken.CASES)
 
@@ -125,7 +125,7 @@ def _broken_cases() -> list[str]:
 @needs_tl
 @pytest.mark.parametrize("name", _broken_cases())
 def test_broken_adapter_fails_exactly_its_check(name: str):
-    import tests.broken_tl as broken
+    import broken_tl as broken
 
     check, words = broken.CASES[name]
     failing = _failing(getattr(broken, name))
@@ -136,7 +136,7 @@ def test_broken_adapter_fails_exactly_its_check(name: str):
 
 @needs_tl
 def test_every_check_has_a_breaking_case():
-    import tests.broken_tl as broken
+    import broken_tl as broken
     from pytest_invarlock.tl.checks import CHECKS
 
     assert {check for check, _ in broken.CASES.values()} == {c.__name__ for c in CHECKS}
@@ -147,20 +147,35 @@ def test_every_check_has_a_breaking_case():
 
 @needs_tl
 def test_the_lane_runs_a_subset_and_writes_valid_results(pytester: pytest.Pytester):
-    """llama passes, gpt_neox's dead fused QKV fails the live-weights check; results validate."""
+    """Registered adapters and a module:Class subclass, selected by name, in one lane run.
+
+    llama passes every check; the subclass (planned on the architecture its base class is
+    registered for) fails exactly its check, in a lane of its own; gpt_neox's fused QKV, which
+    the bridge computes with private copies of, fails the live-weights check. The results file
+    validates against the schema and names transformer-lens in its provenance.
+    """
     import jsonschema
 
     pytester.copy_example(str(ROOT / "conformance" / "test_transformer_lens.py"))
+    pytester.copy_example(str(ROOT / "tests" / "broken_tl.py"))
     report = pytester.path / "tl-cpu.json"
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "--invarlock-lane=tl-cpu", f"--invarlock-report={report}",
-        f"--invarlock-model={LLAMA}", "--invarlock-model=GPTNeoXForCausalLM")
+        "--invarlock-adapter=LlamaArchitectureAdapter", "--invarlock-adapter=NeoxArchitectureAdapter",
+        "--invarlock-adapter=broken_tl:ShiftsLogits")
     result.stdout.fnmatch_lines(["*transformer_lens: 1?? adapters (transformer-lens 4.3*"])
     payload = json.loads(report.read_text())
     jsonschema.validate(payload, json.loads(SCHEMA.read_text()))
-    outcomes = {(r["model"], r["check"]): r["outcome"] for r in payload["records"]}
-    assert {c for (m, c), o in outcomes.items() if m == LLAMA and o != "passed"} == set()
-    assert outcomes[("GPTNeoXForCausalLM", "check_bridge_uses_live_weights")] == "failed"
-    lanes = {r["lane_id"] for r in payload["records"]}
-    assert lanes == {"LlamaForCausalLM-tl-cpu", "GPTNeoXForCausalLM-tl-cpu"}
+    failing = {(r["adapter"], r["model"], r["check"]) for r in payload["records"]
+               if r["outcome"] != "passed"}
+    assert ("broken_tl:ShiftsLogits", LLAMA, "check_bridge_logits_match_hf") in failing
+    assert ("NeoxArchitectureAdapter", "GPTNeoXForCausalLM",
+            "check_bridge_uses_live_weights") in failing
+    assert not {f for f in failing if f[0] == "LlamaArchitectureAdapter"}
+    assert {f for f in failing if f[0] == "broken_tl:ShiftsLogits"} == {
+        ("broken_tl:ShiftsLogits", LLAMA, "check_bridge_logits_match_hf")}
+    lanes = {r["adapter"]: r["lane_id"] for r in payload["records"]}
+    assert lanes == {"LlamaArchitectureAdapter": "LlamaForCausalLM-tl-cpu",
+                     "NeoxArchitectureAdapter": "GPTNeoXForCausalLM-tl-cpu",
+                     "broken_tl:ShiftsLogits": "LlamaForCausalLM-tl-cpu-broken_tl:ShiftsLogits"}
     assert payload["provenance"]["packages"]["transformer-lens"].startswith("4.3")

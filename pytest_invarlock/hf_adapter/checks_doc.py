@@ -10,7 +10,9 @@ import argparse
 import inspect
 import sys
 from pathlib import Path
+from typing import Any
 
+from pytest_invarlock.checking import Check
 from pytest_invarlock.hf_adapter.checks import MODULES, MUST, SHOULD, level_of, module_checks
 
 INTRO = f"""# Checks
@@ -48,12 +50,23 @@ def render() -> str:
             continue
         lines += [f"## {module}", "", "| check | level | promise | why this level |",
                   "|---|---|---|---|"]
-        for check in checks:
-            why = str(getattr(check, "why", "")).replace("|", "\\|")
-            promise = _first_line(check.__doc__).replace("|", "\\|")
-            lines.append(f"| `{check.__name__}` | {level_of(check)} | {promise} | {why} |")
+        lines += [_row(check) for check in checks]
         lines.append("")
+    from pytest_invarlock.tl.checks import CHECKS as TL_CHECKS
+
+    lines += ["## transformer_lens profile (`pytest_invarlock/tl/checks.py`, lane tl-cpu)", "",
+              "TransformerLens architecture adapters, each on a tiny real model of every "
+              "architecture it is registered for.", "",
+              "| check | level | promise | why this level |", "|---|---|---|---|"]
+    lines += [_row(check) for check in TL_CHECKS]
+    lines.append("")
     return "\n".join(lines)
+
+
+def _row(check: Check[Any]) -> str:
+    why = str(getattr(check, "why", "")).replace("|", "\\|")
+    promise = _first_line(check.__doc__).replace("|", "\\|")
+    return f"| `{check.__name__}` | {level_of(check)} | {promise} | {why} |"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,6 +51,23 @@ def factory() -> Any:
     return ArchitectureAdapterFactory
 
 
+def hf_class(architecture: str) -> type | None:
+    """Return the HF model class TransformerLens loads for ``architecture`` (None: it names none).
+
+    Usually the transformers class of that name; not always (TransformerLens loads a headless
+    ``BloomModel`` checkpoint as ``BloomForCausalLM``).
+    """
+    from transformer_lens.model_bridge.sources.transformers.helpers import (
+        get_hf_model_class_for_architecture,
+    )
+
+    try:
+        found = get_hf_model_class_for_architecture(architecture)
+    except Exception:
+        return None
+    return found if isinstance(found, type) else None
+
+
 def bridge_config(hf_config: Any, architecture: str) -> Any:
     """Return the TransformerBridgeConfig TransformerLens derives from ``hf_config``."""
     from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_config_from_hf
@@ -290,6 +307,28 @@ def without_architectures(directory: Path, into: Path) -> Path:
     (into / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True),
                                       encoding="utf-8")
     return into
+
+
+def detected_head(directory: Path, model: nn.Module) -> str | None:
+    """Return the architecture TransformerLens detects for a checkpoint's config.
+
+    Only when it is a head of the model's own config class; None when detection fails or
+    names another config class (those are judged by booting).
+    """
+    import transformers
+    from transformer_lens.model_bridge.sources._hf_format import (
+        determine_architecture_from_hf_config,
+    )
+    from transformers import AutoConfig
+
+    try:
+        found = str(determine_architecture_from_hf_config(AutoConfig.from_pretrained(directory)))
+        named: Any = getattr(transformers, found, None)
+    except Exception:
+        return None
+    same = named is not None and getattr(named, "config_class", None) is type(
+        getattr(model, "config", None))
+    return found if same else None
 
 
 def boot(directory: Path, cls: type, architecture: str) -> Any:

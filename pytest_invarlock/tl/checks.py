@@ -269,7 +269,7 @@ def check_key_conversion_round_trips(adapter: Any, model: nn.Module, ctx: CheckC
             back = _back(adapter, found, got)
             problems.add(f"{key} converts to {got!r}, not {want!r}" + (
                 "" if back == key else f", and {got!r} translates back to {back!r}"))
-    again = type(adapter)(adapter.cfg)
+    again = tlb.new_adapter(_cls(adapter), model, _arch(ctx))
     mapping = again.get_component_mapping() or {}
     again.component_mapping = dict(reversed(list(mapping.items())))
     order = list(converted)
@@ -354,7 +354,7 @@ def check_preprocess_weights_leaves_input_dict(adapter: Any, model: nn.Module,
 @check(level=MUST, why="a bridge that changes the weights of the model it wraps makes every "
        "result about a different model than the one loaded")
 def check_bridge_leaves_hf_weights(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
-    """Check that building the bridge changes no HF parameter or buffer (value, dtype, shape).
+    """Building the bridge changes no HF parameter or buffer (value, dtype, shape).
 
     Compared by each tensor's pre-bridge name (the bridge's ``._original_component`` wrappers
     removed). Tensors the bridge adds (e.g. a zero ``lm_head.bias`` buffer) are not changes.
@@ -381,7 +381,7 @@ def check_bridge_leaves_hf_weights(adapter: Any, model: nn.Module, ctx: CheckCon
 @check(level=MUST, why="the bridge is the model under analysis: its logits must be the HF "
        "model's (fp32, eager attention)")
 def check_bridge_logits_match_hf(adapter: Any, model: nn.Module, ctx: CheckContext) -> None:
-    """Check that the bridge's fp32 logits are the HF model's (rtol = atol = 1e-5, bridge.RTOL)."""
+    """The bridge's fp32 logits are the HF model's within rtol = atol = 1e-5 (``bridge.RTOL``)."""
     inputs, want = _hf_logits(model)
     bridge, _ = _build(adapter, model, ctx)
     with _stage("the bridge's forward", adapter, ctx):
@@ -458,7 +458,7 @@ def check_bridge_uses_live_weights(adapter: Any, model: nn.Module, ctx: CheckCon
        "restores models: a weight it omits is silently not restored")
 def check_bridge_state_dict_round_trips(adapter: Any, model: nn.Module,
                                         ctx: CheckContext) -> None:
-    """Check that the bridge's ``state_dict()`` restores a bridge over a perturbed copy fully.
+    """The bridge's ``state_dict()`` fully restores a bridge over a perturbed copy (strict load).
 
     The state dict of a bridge over the model is loaded with ``strict=True`` into a bridge
     over a copy whose every parameter was perturbed (and every persistent buffer, so that one
@@ -486,8 +486,8 @@ def check_bridge_state_dict_round_trips(adapter: Any, model: nn.Module,
     for name, tensor in truth.items():
         back = restored.get(name)
         if back is not None and not torch.equal(back.detach(), tensor):
-            problems.add(f"{name} is not restored (no key of the bridge's state_dict() "
-                         "writes it back)")
+            problems.add(f"{name} is not restored (its value after the load differs: no key "
+                         "of the bridge's state_dict() carries it)")
     if not torch.equal(got, want):
         problems.add(f"the logits are not restored: {tlb.gap(got, want)}")
     problems.raise_if_any("give every HF parameter and persistent buffer a key of the "
@@ -562,6 +562,11 @@ def check_boot_without_architectures(adapter: Any, model: nn.Module, ctx: CheckC
         raise CheckNotApplicable("booting the checkpoint as saved fails "
                                  "(check_boot_from_saved_checkpoint says why)") from exc
     bare = tlb.without_architectures(directory, directory.with_name(directory.name + "-bare"))
+    other = tlb.detected_head(bare, model)
+    if other is not None and other != _arch(ctx):
+        raise CheckNotApplicable(f"without architectures TransformerLens detects {other}, "
+                                 f"another head of the same config class: the saved head "
+                                 f"({_arch(ctx)}) cannot be named by the config")
     how = f"{directory.name} without config.architectures"
     used, got = _boot_logits(adapter, ctx, bare, how, inputs)
     if not tlb.close(got, want):

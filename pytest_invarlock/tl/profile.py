@@ -151,7 +151,7 @@ class TransformerLensProfile:
         ctx = CheckContext(adapter_name=case.adapter, model_label=case.model, device=env.device,
                            workdir=env.workdir, reference=False, selector=case.selector)
         try:
-            model = tiny.build(case.model, SEED)
+            model = tiny.build(case.model, SEED, bridge.hf_class(case.model))
         except tiny.Unbuildable as exc:
             return Subject(case, adapter, None, ctx, self, saved=str(exc))  # type: ignore[arg-type]
         instance = bridge.new_adapter(adapter, model, case.model)

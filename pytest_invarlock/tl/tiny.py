@@ -326,9 +326,16 @@ def _is_norm_weight(model: torch.nn.Module, name: str, param: torch.Tensor) -> b
 
 
 def fill(model: torch.nn.Module, seed: int) -> None:
-    """Give every parameter (tied ones once) distinct seeded values: randn * 0.1, norm weights + 1."""
+    """Give every parameter (tied ones once) distinct seeded values: randn * 0.1, norm weights + 1.
+
+    Frozen parameters (``requires_grad`` False: sinusoidal position tables such as Marian's)
+    keep what the model computed: transformers recomputes them on load, so random values there
+    would make a saved checkpoint load as another model.
+    """
     with torch.no_grad():
         for name, param in model.named_parameters():
+            if not param.requires_grad:
+                continue
             generator = torch.Generator().manual_seed(seed ^ zlib.crc32(name.encode()))
             values = torch.randn(param.shape, generator=generator, dtype=torch.float32) * 0.1
             if _is_norm_weight(model, name, param):
@@ -336,14 +343,29 @@ def fill(model: torch.nn.Module, seed: int) -> None:
             param.copy_(values.to(param.dtype))
 
 
-def build(arch: str, seed: int = 0) -> torch.nn.Module:
-    """Build a tiny seeded fp32 model of ``arch`` in eval mode; Unbuildable with the cause if none builds."""
+def _from_auto(auto: Any, config: PretrainedConfig, arch: str) -> Any:
+    """Build through an Auto class; where it cannot pick one class (DeiT maps to two), the named one."""
+    try:
+        return auto.from_config(config)
+    except TypeError:
+        return model_class(arch)(config)
+
+
+def build(arch: str, seed: int = 0, cls: type | None = None) -> torch.nn.Module:
+    """Build a tiny seeded fp32 model of ``arch`` in eval mode; Unbuildable with the cause if none builds.
+
+    ``cls``: the model class to build (default: the transformers class named ``arch``); the
+    profile passes the class TransformerLens loads for the name (``BloomModel`` loads as
+    ``BloomForCausalLM``).
+    """
     if arch in SKIP:
         raise Unbuildable(SKIP[arch])
     config = tiny_config(arch)
-    cls = model_class(arch)
+    cls = cls or model_class(arch)
     try:
-        model = cls(config)
+        # an Auto class (what TransformerLens loads with) picks the concrete class from the config
+        auto = cls.__name__.startswith("Auto") and hasattr(cls, "from_config")
+        model = _from_auto(cls, config, arch) if auto else cls(config)
     except Exception as e:
         raise Unbuildable(_one_line(f"{arch}(config)", e)) from e
     count = parameter_count(model)
