@@ -84,6 +84,22 @@ def _grid(matrix: dict[str, Any], runtime: str) -> tuple[list[str], list[list[Ce
     return adapters, rows
 
 
+#: above this many adapters in a runtime, its grid is drawn as a list of the cells that hold
+#: something: a profile whose every adapter has its own families (TransformerLens: one adapter
+#: per architecture) would otherwise be a page-wide grid of "not run"
+GRID_MAX = 16
+
+
+def _view(matrix: dict[str, Any], runtime: str) -> tuple[str, list[str], list[list[Cell]]]:
+    """Return (title, head, rows) of one runtime: the family x adapter grid, or its list form."""
+    adapters, rows = _grid(matrix, runtime)
+    if len(adapters) <= GRID_MAX:
+        return "Families x adapters", ["family", *adapters], rows
+    listed = [[row[0], Cell(adapter), cell] for row in rows
+              for adapter, cell in zip(adapters, row[1:], strict=True) if cell.text != NOT_RUN]
+    return "Families and their adapters", ["family", "adapter", "evidence"], listed
+
+
 def _lane_rows(matrix: dict[str, Any]) -> list[list[str]]:
     """Return one row per result file, lane by lane (every lane of LANES, even without a file)."""
     runs = matrix.get("runs", [])
@@ -137,9 +153,9 @@ def markdown(matrix: dict[str, Any]) -> str:
             ""]
     out += _md_table(LANE_HEAD, _lane_rows(matrix))
     for runtime in _runtimes(matrix):
-        adapters, rows = _grid(matrix, runtime)
-        out += ["", f"## Families x adapters, runtime `{runtime}`", "", LEGEND, ""]
-        out += _md_table(["family", *adapters], [[c.text for c in row] for row in rows])
+        title, head, rows = _view(matrix, runtime)
+        out += ["", f"## {title}, runtime `{runtime}`", "", LEGEND, ""]
+        out += _md_table(head, [[c.text for c in row] for row in rows])
     out += ["", "## Declined models", ""]
     declined = matrix.get("declined", [])
     out += [f"- `{d['adapter']}` declined `{d['model']}` (family `{d['family'] or 'unknown'}`, "
@@ -196,10 +212,11 @@ def html(matrix: dict[str, Any]) -> str:
               _html_table(LANE_HEAD, _plain(lane_rows, [
                   ["", status_class[row[1]], *[""] * 7] for row in lane_rows]))]
     for runtime in _runtimes(matrix):
-        adapters, rows = _grid(matrix, runtime)
-        parts += [f"<h2>Families &times; adapters, runtime {escape(runtime)}</h2>",
+        title, head, rows = _view(matrix, runtime)
+        parts += [f"<h2>{escape(title).replace(' x ', ' &times; ')}, runtime "
+                  f"{escape(runtime)}</h2>",
                   f"<p>{escape(LEGEND.replace('`', ''))} Hover a cell for its lane or the "
-                  "reasons.</p>", _html_table(["family", *adapters], rows)]
+                  "reasons.</p>", _html_table(head, rows)]
     declined = _declined_rows(matrix)
     parts += ["<h2>Declined models</h2>",
               _html_table(DECLINED_HEAD, _plain(declined, [[""] * 6 for _ in declined]))
