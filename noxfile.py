@@ -62,9 +62,10 @@ def _lane(lane: Lane) -> None:
     def session_fn(session: nox.Session) -> None:
         session.install(*pins, "-e", f".[{','.join(('dev', *lane.extras))}]", *requirements)
         RESULTS.mkdir(exist_ok=True)
+        workers = ("-n", str(lane.workers), "--dist", "loadgroup") if lane.workers else ()
         session.run("pytest", "conformance/", f"--invarlock-lane={lane.id}",
-                    f"--invarlock-report={RESULTS / f'{lane.id}.json'}", *session.posargs,
-                    env=LANE_ENV)
+                    f"--invarlock-report={RESULTS / f'{lane.id}.json'}", *workers,
+                    *session.posargs, env=LANE_ENV)
 
     torch = "the CPU torch build" if pins else "the runner's CUDA torch"
     session_fn.__doc__ = (

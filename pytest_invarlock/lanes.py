@@ -18,6 +18,9 @@ class Lane:
     #: the pytest-invarlock extras the lane's nox session installs (the quantization backends);
     #: unlike ``requires``, a missing one skips only the adapters that need it
     extras: tuple[str, ...] = ()
+    #: xdist workers its nox/tox session runs with (0: one process); each worker loads its own
+    #: subjects, so only a lane of many cheap subjects gains from it
+    workers: int = 0
 
 
 LANES: dict[str, Lane] = {lane.id: lane for lane in (
@@ -28,7 +31,7 @@ LANES: dict[str, Lane] = {lane.id: lane for lane in (
     Lane("cuda-quant", "cuda", True, "quantized adapters on a CUDA device",
          extras=("bnb", "torchao", "quanto", "hqq", "ct", "gptq", "awq")),
     Lane("tl-cpu", "cpu", False, "TransformerLens architecture adapters on tiny real models, CPU",
-         requires=(("transformer_lens", "transformer-lens==4.3.*"),)),
+         requires=(("transformer_lens", "transformer-lens==4.3.*"),), workers=2),
 )}
 AUTO = "auto"
 

@@ -223,3 +223,11 @@ def test_tox_installs_the_extras_of_its_lane(lane: str):
     section = f"testenv:{_session(lane)}"
     extras = {e.strip() for e in _tox().get(section, "extras", fallback="dev").split(",")}
     assert extras == {"dev", *LANES[lane].extras}, f"tox.ini: [{section}] extras are {extras}"
+
+
+@pytest.mark.parametrize("lane", [lane for lane in LANE_IDS if LANES[lane].workers])
+def test_tox_runs_a_lane_with_its_workers(lane: str):
+    """A lane run with xdist workers in nox (lanes.py) is run with them in tox too."""
+    commands = _tox().get(f"testenv:{_session(lane)}", "commands", fallback="").split()
+    assert f"-n {LANES[lane].workers}" in " ".join(commands), (
+        f"tox.ini: [testenv:{_session(lane)}] does not run -n {LANES[lane].workers}")

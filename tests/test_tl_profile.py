@@ -137,6 +137,7 @@ def test_broken_adapter_fails_exactly_its_check(name: str):
 @needs_tl
 def test_every_check_has_a_breaking_case():
     import broken_tl as broken
+
     from pytest_invarlock.tl.checks import CHECKS
 
     assert {check for check, _ in broken.CASES.values()} == {c.__name__ for c in CHECKS}
