@@ -72,10 +72,20 @@ def _subject(adapter: Any, model_path: str | os.PathLike[str], device: str,
 
     profile = profile or _profile(adapter, None)
     path = str(model_path)
-    selector = f"{type(adapter).__module__}:{type(adapter).__qualname__}"
-    case = Case(profile.name, instance_label(adapter), selector, Path(path).name, path,
-                source="path")
+    cls = adapter if isinstance(adapter, type) else type(adapter)  # a class: TL adapters
+    selector = f"{cls.__module__}:{cls.__qualname__}"
+    label = selector if isinstance(adapter, type) else instance_label(adapter)
+    case = Case(profile.name, label, selector, Path(path).name, path, source="path")
     return load_subject(profile, case, adapter, Env(device, Path.cwd(), reference), policy)
+
+
+def _label(adapter: Any) -> str:
+    """Return what records call an implementation: ``module:Class`` for a class passed as such."""
+    from pytest_invarlock.registry import instance_label
+
+    if isinstance(adapter, type):
+        return f"{adapter.__module__}:{adapter.__qualname__}"
+    return instance_label(adapter)
 
 
 def _expect(result: Result, expected: ExpectedFailures) -> Result:
@@ -104,9 +114,8 @@ def parametrize_with_checks(adapters: Sequence[Any], models: Sequence[str | os.P
     chosen = None if checks is None else list(checks)
     params = [(a, str(m), c) for a in adapters for m in models
               for c in (_profile(a, None).checks() if chosen is None else chosen)]
-    from pytest_invarlock.registry import instance_label
 
-    ids = [f"{instance_label(a)}-{Path(m).name}-{c.__name__}" for a, m, c in params]
+    ids = [f"{_label(a)}-{Path(m).name}-{c.__name__}" for a, m, c in params]
     return pytest.mark.parametrize(("adapter", "model", "check"), params, ids=ids)
 
 

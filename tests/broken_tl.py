@@ -36,6 +36,28 @@ class TranslatesWInToGate(LlamaArchitectureAdapter):
         return str(super().translate_transformer_lens_path(path, last_component_only))
 
 
+def _rename(adapter: LlamaArchitectureAdapter, kind: str, first: str, second: str) -> None:
+    """Swap the HF names of two sublayers of every block (a mapping typo)."""
+    subs = adapter.component_mapping["blocks"].submodules[kind].submodules
+    subs[first].name, subs[second].name = subs[second].name, subs[first].name
+
+
+class SwapsMlpInAndOut(LlamaArchitectureAdapter):
+    """The MLP's ``in`` and ``out`` name each other's module (up_proj <-> down_proj)."""
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        _rename(self, "mlp", "in", "out")
+
+
+class SwapsMlpGateAndIn(LlamaArchitectureAdapter):
+    """The MLP's ``gate`` and ``in`` name each other's module (same shapes: gate_proj <-> up_proj)."""
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        _rename(self, "mlp", "gate", "in")
+
+
 class LeavesFinalNormKeyUnconverted(LlamaArchitectureAdapter):
     """Key conversion returns the final norm's HF key unchanged (``model.norm.weight``)."""
 
@@ -136,6 +158,11 @@ class LoadsInHalfPrecision(LlamaArchitectureAdapter):
 CASES: dict[str, tuple[str, tuple[str, ...]]] = {
     "TranslatesMlpOutToUpProj": ("check_component_paths_resolve",
                                  ("blocks.0.mlp.out", "model.layers.0.mlp.down_proj")),
+    "SwapsMlpInAndOut": ("check_component_roles_match_the_model",
+                         ("blocks.0.mlp.in (model.layers.0.mlp.down_proj) runs after",)),
+    "SwapsMlpGateAndIn": ("check_component_roles_match_the_model",
+                          ("linear in blocks.0.mlp.gate (model.layers.0.mlp.up_proj)",
+                           "swapped")),
     "TranslatesWInToGate": ("check_parameter_paths_translate",
                             ("blocks.0.mlp.W_in", "gate_proj.weight", "up_proj.weight")),
     "LeavesFinalNormKeyUnconverted": ("check_key_conversion_round_trips",

@@ -328,3 +328,21 @@ def test_changed_lanes_names_fields_of_runs_and_top_level_changes():
         f"run results/cpu.json: commit is {'a' * 40!r} in the committed file, {'f' * 40!r} "
         "from the evidence"]
     assert matrix.changed_lanes(old, old) == []
+
+
+def test_a_runtime_of_many_adapters_lists_its_cells_instead_of_a_grid():
+    """One adapter per family (TransformerLens: one per architecture): a list, not a sparse grid."""
+    from pytest_invarlock.matrix_docs import GRID_MAX
+
+    n = GRID_MAX + 2
+    records = [record(adapter=f"adapter{i:02d}", model="gpt2", family=f"family{i:02d}")
+               for i in range(n)]
+    built = matrix.build([("results/cpu.json", lane_results(
+        records=records, adapters=[adapter(f"adapter{i:02d}") for i in range(n)]))])
+    md = markdown(built)
+    assert "## Families x adapters, runtime `cpu`" not in md
+    listed = md.split("## Families and their adapters, runtime `cpu`")[1].split("## Declined")[0]
+    assert "| family | adapter | evidence |" in listed
+    assert listed.count("| experimental |") == n  # one row per (family, adapter), no "not run"
+    assert f"| {NOT_RUN} |" not in listed
+    assert "Families &times; adapters" not in html(built)

@@ -59,6 +59,31 @@ def test_a_table_of_another_shape_is_not_guessed(source: str):
     assert discovery.parse_table(source) == {}
 
 
+class _Listed:
+    """A class a profile instantiates per subject (it takes an argument)."""
+
+    def __init__(self, config: object) -> None:
+        self.config = config
+
+    def get_component_mapping(self) -> dict[str, object]:
+        return {}
+
+
+def test_a_profile_listing_replaces_entry_points_and_hands_load_the_class():
+    """Requirements.listing lists implementations; construct=False makes instantiate() the class."""
+    from pytest_invarlock.registry import AdapterSpec, Requirements, discover
+
+    def listing(needs: Requirements) -> list[AdapterSpec]:
+        return [AdapterSpec("Listed", f"{__name__}:_Listed", "somedist", "1.0", "g",
+                            requirements=needs)]
+
+    needs = Requirements("Thing", ("no.such.group",), ("get_component_mapping",),
+                         ("get_component_mapping",), construct=False, listing=listing)
+    found = discover(needs)
+    assert list(found.adapters) == ["Listed"]
+    assert found.adapters["Listed"].instantiate() is _Listed
+
+
 def test_family_and_role_come_from_the_architecture_name():
     assert (family("GPTNeoXForCausalLM"), role("GPTNeoXForCausalLM")) == ("gptneox", "causal")
     assert (family("BertForMaskedLM"), role("BertForMaskedLM")) == ("bert", "mlm")

@@ -16,7 +16,7 @@ import copy
 import json
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -279,19 +279,24 @@ def save_checkpoint(model: nn.Module, directory: Path) -> Path:
     TransformerLens's boot loads a tokenizer from the checkpoint directory; the tiny models have
     none, so one is written whose vocabulary is the model's.
     """
+    import shutil
+
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    directory.mkdir(parents=True, exist_ok=True)
+    partial = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
     hf: Any = model
-    hf.save_pretrained(directory)
+    hf.save_pretrained(partial)
     size = int(getattr(hf.config.get_text_config(), "vocab_size", 128) or 128)
     vocab = {"<unk>": 0, **{f"t{i}": i for i in range(1, size)}}  # one token per id
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     fast: Any = PreTrainedTokenizerFast
-    fast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="t1",
-                            eos_token="t2", pad_token="t3").save_pretrained(directory)
+    fast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="t1", eos_token="t2",
+         pad_token="t3").save_pretrained(partial)
+    partial.rename(directory)  # complete, or absent: an interrupted save is never reused
     return directory
 
 
@@ -332,11 +337,20 @@ def detected_head(directory: Path, model: nn.Module) -> str | None:
 
 
 def boot(directory: Path, cls: type, architecture: str) -> Any:
-    """Return ``TransformerBridge.boot_transformers(directory)`` with ``cls`` for ``architecture``."""
+    """Return ``TransformerBridge.boot_transformers(directory)`` with ``cls`` as the adapter.
+
+    ``cls`` is registered for ``architecture`` and for the architecture the saved config names
+    (``save_pretrained`` writes the class it saved: a ``BloomModel`` subject is a
+    ``BloomForCausalLM``), so the class under test is what boots.
+    """
     from transformer_lens.model_bridge import TransformerBridge
 
     sources()
-    with registered(architecture, cls):
+    saved = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    names = {architecture, *(saved.get("architectures") or [])}
+    with ExitStack() as stack:
+        for name in sorted(names):
+            stack.enter_context(registered(name, cls))
         bridge = TransformerBridge.boot_transformers(str(directory), device="cpu")
     bridge.eval()
     return bridge

@@ -64,7 +64,7 @@ def _where(adapter: Any, ctx: CheckContext) -> str:
 
 
 @contextmanager
-def _stage(what: str, adapter: Any, ctx: CheckContext) -> Iterator[None]:
+def _stage(what: str) -> Iterator[None]:
     """Turn an exception of TransformerLens into a failure naming what was being done."""
     try:
         yield
@@ -76,7 +76,7 @@ def _stage(what: str, adapter: Any, ctx: CheckContext) -> Iterator[None]:
 
 
 def _build(adapter: Any, model: nn.Module, ctx: CheckContext) -> tuple[Any, nn.Module]:
-    with _stage("building the bridge (build_bridge_from_module)", adapter, ctx):
+    with _stage("building the bridge (build_bridge_from_module)"):
         return tlb.build(model, _cls(adapter), _arch(ctx))
 
 
@@ -220,6 +220,109 @@ def check_parameter_paths_translate(adapter: Any, model: nn.Module, ctx: CheckCo
                           "keep translation to that module's parameter")
 
 
+#: (earlier roles, later role) of a block's sublayers: the earlier ones run first in a forward
+ORDER = {"attn": (("q", "k", "v"), "o"), "mlp": (("gate", "in", "input", "fc_in"), "out")}
+#: (linear role, nonlinear role): the later role's input is linear in the first one's output
+#: (attention is linear in V, a gated MLP in its up projection), not in the second's
+LINEAR = {"attn": ("v", "k"), "mlp": ("in", "gate")}
+
+
+Roles = dict[str, tuple[str, nn.Module]]
+
+
+def _sublayers(adapter: Any, model: nn.Module) -> Iterator[tuple[str, str, Roles]]:
+    """Yield (block TL path, attn or mlp, role -> (TL path, the real module)) for every block.
+
+    Only roles declared by the mapping (not derived by a splitting bridge) whose path resolves
+    to a module of the real model.
+    """
+    found = tlb.components(adapter, model)
+    by_path = {c.tl_path: c for c in found}
+    for c in found:
+        head, _, last = c.tl_path.rpartition(".")
+        if last not in ORDER or head not in by_path or not head.rpartition(".")[2].isdigit():
+            continue
+        roles: Roles = {}
+        for role in (*ORDER[last][0], ORDER[last][1]):
+            sub = by_path.get(f"{c.tl_path}.{role}")
+            if sub is None or sub.hf_path is None:
+                continue
+            try:
+                module = tlb.resolve(model, sub.hf_path)
+            except (AttributeError, IndexError, TypeError, ValueError):
+                continue
+            if isinstance(module, nn.Module):
+                roles[role] = (sub.hf_path, module)
+        yield c.tl_path, last, roles
+
+
+def _trace(model: nn.Module, inputs: dict[str, torch.Tensor], watch: dict[str, nn.Module],
+           scale: nn.Module | None = None) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """Run the model once; return the order the watched modules first ran in and their inputs.
+
+    ``scale``: a module whose output is doubled during this forward.
+    """
+    order: list[str] = []
+    seen: dict[str, torch.Tensor] = {}
+    handles = []
+    for role, module in watch.items():
+        def hook(_m: nn.Module, args: tuple[Any, ...], role: str = role) -> None:
+            if role not in seen and args and isinstance(args[0], torch.Tensor):
+                order.append(role)
+                seen[role] = args[0].detach().clone()
+        handles.append(module.register_forward_pre_hook(hook))
+    if scale is not None:
+        handles.append(scale.register_forward_hook(
+            lambda _m, _a, out: out * 2 if isinstance(out, torch.Tensor) else out))
+    try:
+        tlb.hf_output(model, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return order, seen
+
+
+@check(level=MUST, why="a mapping that names the wrong module of the right shape still computes "
+       "the right logits, but every hook, activation and weight read through it is another "
+       "layer's: W_in reads the down projection, hook_v the keys")
+def check_component_roles_match_the_model(adapter: Any, model: nn.Module,
+                                          ctx: CheckContext) -> None:
+    """Each block's sublayers play the role their TL name says, by the real model's data flow.
+
+    On the real model: q, k, v and the gate/up projections run before o and the down
+    projection of their block; and where a swap is evident, the later projection's input is
+    linear in what the mapping calls ``v`` (``in``) but not in what it calls ``k``
+    (``gate``): doubling the output of the value (up) projection doubles that input exactly.
+    A role the mapping does not declare, or whose module does not run, is not judged.
+    """
+    inputs = tiny.inputs(model)
+    problems = Problems()
+    for block, kind, roles in _sublayers(adapter, model):
+        watch = {role: module for role, (_path, module) in roles.items()}
+        order, seen = _trace(model, inputs, watch)
+        later = ORDER[kind][1]
+        for role in ORDER[kind][0]:
+            if role in order and later in order and order.index(role) > order.index(later):
+                problems.add(f"{block}.{role} ({roles[role][0]}) runs after {block}.{later} "
+                             f"({roles[later][0]}) in the real model: the two are swapped or "
+                             "misnamed")
+        linear, other = LINEAR[kind]
+        if later not in seen or linear not in roles or other not in roles:
+            continue
+        base = seen[later]
+        doubles = {}
+        for role in (linear, other):
+            _, scaled = _trace(model, inputs, {later: roles[later][1]}, roles[role][1])
+            doubles[role] = later in scaled and torch.allclose(scaled[later], 2 * base,
+                                                               rtol=1e-5, atol=1e-6)
+        if doubles[other] and not doubles[linear]:
+            problems.add(f"{block}.{later}'s input is linear in {block}.{other} "
+                         f"({roles[other][0]}) and not in {block}.{linear} ({roles[linear][0]}): "
+                         f"the mapping has {linear} and {other} swapped")
+    problems.raise_if_any("name each sublayer after the HF module that plays that role (q/k/v/o "
+                          "of attention; gate, in (up) and out (down) of the MLP)")
+
+
 def _expected_tl_key(found: list[tlb.Component], key: str) -> str | None:
     c = tlb.owner(found, key)
     if c is None or c.hf_path is None:
@@ -275,7 +378,7 @@ def check_key_conversion_round_trips(adapter: Any, model: nn.Module, ctx: CheckC
     order = list(converted)
     random.Random(0).shuffle(order)
     for key in order:
-        with _stage(f"convert_hf_key_to_tl_key({key!r}) on a second adapter", adapter, ctx):
+        with _stage(f"convert_hf_key_to_tl_key({key!r}) on a second adapter"):
             got = again.convert_hf_key_to_tl_key(key)
         if got != converted[key]:
             problems.add(f"{key} converts to {converted[key]!r} with the mapping in its order "
@@ -290,7 +393,7 @@ def check_key_conversion_round_trips(adapter: Any, model: nn.Module, ctx: CheckC
 
 def _tl_state(adapter: Any, model: nn.Module, ctx: CheckContext) -> dict[str, torch.Tensor]:
     bridge, _ = _build(adapter, model, ctx)
-    with _stage("the bridge's state_dict()", adapter, ctx):
+    with _stage("the bridge's state_dict()"):
         return {k: v.detach().clone() for k, v in bridge.state_dict().items()}
 
 
@@ -307,7 +410,7 @@ def check_preprocess_weights_keeps_keys_and_inputs(adapter: Any, model: nn.Modul
     """
     state = _tl_state(adapter, model, ctx)
     given = {k: v.clone() for k, v in state.items()}
-    with _stage("preprocess_weights", adapter, ctx):
+    with _stage("preprocess_weights"):
         first = adapter.preprocess_weights({k: v for k, v in given.items()})
         second = adapter.preprocess_weights({k: v.clone() for k, v in state.items()})
     problems = Problems()
@@ -337,7 +440,7 @@ def check_preprocess_weights_leaves_input_dict(adapter: Any, model: nn.Module,
     """``preprocess_weights`` returns its result without reassigning the dict it was given."""
     state = _tl_state(adapter, model, ctx)
     given = dict(state)
-    with _stage("preprocess_weights", adapter, ctx):
+    with _stage("preprocess_weights"):
         adapter.preprocess_weights(given)
     changed = sorted(k for k in set(state) | set(given)
                      if k not in given or k not in state or given[k] is not state[k])
@@ -384,7 +487,7 @@ def check_bridge_logits_match_hf(adapter: Any, model: nn.Module, ctx: CheckConte
     """The bridge's fp32 logits are the HF model's within rtol = atol = 1e-5 (``bridge.RTOL``)."""
     inputs, want = _hf_logits(model)
     bridge, _ = _build(adapter, model, ctx)
-    with _stage("the bridge's forward", adapter, ctx):
+    with _stage("the bridge's forward"):
         got = tlb.bridge_output(bridge, inputs)
     if not tlb.close(got, want):
         raise CheckFailed(f"the bridge's logits differ from the HF "
@@ -419,13 +522,14 @@ def check_bridge_uses_live_weights(adapter: Any, model: nn.Module, ctx: CheckCon
     The same seeded edits are made in place to the wrapped model's parameters and to an
     untouched copy's; the change of the bridge's logits must equal the change of the copy's
     (tolerance as for the logits check). Changes are compared, not outputs, so a bridge whose
-    logits are off for another reason is judged by that check alone. Every parameter is
+    logits are off by what no weight edit moves (a constant, a hook on the output) is judged by
+    the logits check alone. Every parameter is
     edited at once first (one forward each); only when the changes differ is each parameter
     edited alone, to name those the bridge does not see.
     """
     inputs, _ = _hf_logits(model)
     bridge, wrapped = _build(adapter, model, ctx)
-    with _stage("the bridge's forward", adapter, ctx):
+    with _stage("the bridge's forward"):
         bridge_before = tlb.bridge_output(bridge, inputs)
     twin = copy.deepcopy(model)
     twin_before = tlb.hf_output(twin, inputs)
@@ -433,13 +537,13 @@ def check_bridge_uses_live_weights(adapter: Any, model: nn.Module, ctx: CheckCon
     edits = {name: (live[name], twin_tensors[name], tlb.noise(name, param, 0.05))
              for name, param in model.named_parameters()
              if name in live and name in twin_tensors}  # a tensor gone: the bridging check
-    with _stage("the bridge's forward after an edit", adapter, ctx):
+    with _stage("the bridge's forward after an edit"):
         all_got, all_want = _edited(list(edits.values()), bridge, twin, inputs)
     if tlb.close(all_got - bridge_before, all_want - twin_before):
         return
     problems = Problems()
     for name, edit in edits.items():
-        with _stage(f"the bridge's forward after editing {name}", adapter, ctx):
+        with _stage(f"the bridge's forward after editing {name}"):
             got, want = _edited([edit], bridge, twin, inputs)
         moved, wanted = got - bridge_before, want - twin_before
         if not tlb.close(moved, wanted):
@@ -468,7 +572,7 @@ def check_bridge_state_dict_round_trips(adapter: Any, model: nn.Module,
     """
     inputs, _ = _hf_logits(model)
     bridge, _ = _build(adapter, model, ctx)
-    with _stage("the bridge's state_dict() and forward", adapter, ctx):
+    with _stage("the bridge's state_dict() and forward"):
         state = {k: v.detach().clone() for k, v in bridge.state_dict().items()}
         want = tlb.bridge_output(bridge, inputs)
     perturbed = copy.deepcopy(model)
@@ -477,8 +581,7 @@ def check_bridge_state_dict_round_trips(adapter: Any, model: nn.Module,
             if tensor.is_floating_point():
                 tensor.add_(tlb.noise(name, tensor))
     other, wrapped = _build(adapter, perturbed, ctx)
-    with _stage("load_state_dict(state, strict=True) into a bridge over a perturbed copy",
-                adapter, ctx):
+    with _stage("load_state_dict(state, strict=True) into a bridge over a perturbed copy"):
         other.load_state_dict(state, strict=True)
         got = tlb.bridge_output(other, inputs)
     truth, restored = model.state_dict(), tlb.tensors(wrapped)
@@ -517,7 +620,7 @@ def _checkpoint(model: nn.Module, ctx: CheckContext) -> Path:
 
 def _boot_logits(adapter: Any, ctx: CheckContext, directory: Path, how: str,
                  inputs: dict[str, torch.Tensor]) -> tuple[str, torch.Tensor]:
-    with _stage(f"TransformerBridge.boot_transformers on {how}", adapter, ctx):
+    with _stage(f"TransformerBridge.boot_transformers on {how}"):
         booted = tlb.boot(directory, _cls(adapter), _arch(ctx))
         return type(booted.adapter).__name__, tlb.bridge_output(booted, inputs)
 
@@ -535,7 +638,7 @@ def check_boot_from_saved_checkpoint(adapter: Any, model: nn.Module, ctx: CheckC
     """
     inputs, _ = _hf_logits(model)
     bridge, _ = _build(adapter, model, ctx)
-    with _stage("the bridge's forward", adapter, ctx):
+    with _stage("the bridge's forward"):
         want = tlb.bridge_output(bridge, inputs)
     directory = _checkpoint(model, ctx)
     how = f"{directory.name} (save_pretrained, safetensors)"
@@ -577,10 +680,10 @@ def check_boot_without_architectures(adapter: Any, model: nn.Module, ctx: CheckC
 
 #: every check, in the order they run and are reported
 CHECKS: list[Check[nn.Module]] = [
-    check_component_paths_resolve, check_parameter_paths_translate,
-    check_key_conversion_round_trips, check_preprocess_weights_keeps_keys_and_inputs,
-    check_preprocess_weights_leaves_input_dict, check_bridge_leaves_hf_weights,
-    check_bridge_logits_match_hf, check_bridge_uses_live_weights,
+    check_component_paths_resolve, check_component_roles_match_the_model,
+    check_parameter_paths_translate, check_key_conversion_round_trips,
+    check_preprocess_weights_keeps_keys_and_inputs, check_preprocess_weights_leaves_input_dict,
+    check_bridge_leaves_hf_weights, check_bridge_logits_match_hf, check_bridge_uses_live_weights,
     check_bridge_state_dict_round_trips, check_boot_from_saved_checkpoint,
     check_boot_without_architectures,
 ]

@@ -131,11 +131,6 @@ def registrations() -> tuple[Registration, ...]:
     return tuple(found)
 
 
-def architectures(target: str) -> list[str]:
-    """Return the architectures ``module:Class`` is registered for, in table order."""
-    return [r.architecture for r in registrations() if r.target == target]
-
-
 def registered_target(architecture: str) -> str | None:
     """Return the adapter TransformerLens's own table gives ``architecture`` (None: not there)."""
     for r in registrations():

@@ -36,7 +36,7 @@ SEED = 0
 #: architecture-name endings -> the role a report groups by
 ROLES = (("ForCausalLM", "causal"), ("LMHeadModel", "causal"), ("ForMaskedLM", "mlm"),
          ("ForConditionalGeneration", "conditional"), ("ForImageClassification", "vision"),
-         ("ForAudioClassification", "audio"), ("ForDiffusionLM", "diffusion"),
+         ("ForAudioClassification", "audio"), ("ForCTC", "audio"), ("ForDiffusionLM", "diffusion"),
          ("Model", "base"))
 
 
