@@ -205,3 +205,25 @@ def test_the_lane_runs_a_subset_and_writes_valid_results(pytester: pytest.Pytest
                      "NeoxArchitectureAdapter": "GPTNeoXForCausalLM-tl-cpu",
                      "broken_tl:ShiftsLogits": "LlamaForCausalLM-tl-cpu-broken_tl:ShiftsLogits"}
     assert payload["provenance"]["packages"]["transformer-lens"].startswith("4.3")
+
+
+@needs_tl
+def test_booting_a_vision_checkpoint_installs_nothing():
+    """TransformerLens 4.3 pip-installs torchvision when it boots a vision model without it.
+
+    The boot checks run it with that disabled: the environment's distributions are unchanged.
+    """
+    import importlib.util
+    from importlib.metadata import distributions
+
+    if importlib.util.find_spec("torchvision") is not None:
+        pytest.skip("torchvision is installed: nothing TransformerLens would install")
+    from transformer_lens.model_bridge.supported_architectures import ViTArchitectureAdapter
+
+    from pytest_invarlock.api import check_adapter
+    from pytest_invarlock.tl.checks import check_boot_from_saved_checkpoint
+
+    before = sorted((d.metadata["Name"], d.version) for d in distributions())
+    check_adapter(ViTArchitectureAdapter, "ViTModel", checks=[check_boot_from_saved_checkpoint])
+    assert sorted((d.metadata["Name"], d.version) for d in distributions()) == before
+    assert importlib.util.find_spec("torchvision") is None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import zlib
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -336,6 +337,38 @@ def detected_head(directory: Path, model: nn.Module) -> str | None:
     return found if same else None
 
 
+@contextmanager
+def no_installs() -> Iterator[None]:
+    """Keep TransformerLens from installing packages while it boots.
+
+    TransformerLens 4.3's ``boot_transformers`` pip-installs torchvision, unpinned, when it
+    loads the processor of a vision or multimodal checkpoint and torchvision is missing
+    (``sources/transformers/helpers.py``, ``_ensure_torchvision``): on a CPU venv that replaces
+    the pinned torch. The suite never changes the environment it runs in: within the block
+    that function only reports whether torchvision imports, and pip and uv see no index.
+    """
+    import importlib.util
+
+    from transformer_lens.model_bridge.sources.transformers import helpers
+
+    original = getattr(helpers, "_ensure_torchvision", None)
+    offline = {"PIP_NO_INDEX": "1", "UV_OFFLINE": "1"}
+    saved = {k: os.environ.get(k) for k in offline}
+    os.environ.update(offline)
+    if original is not None:
+        helpers._ensure_torchvision = lambda: importlib.util.find_spec("torchvision") is not None
+    try:
+        yield
+    finally:
+        if original is not None:
+            helpers._ensure_torchvision = original
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def boot(directory: Path, cls: type, architecture: str) -> Any:
     """Return ``TransformerBridge.boot_transformers(directory)`` with ``cls`` as the adapter.
 
@@ -351,6 +384,7 @@ def boot(directory: Path, cls: type, architecture: str) -> Any:
     with ExitStack() as stack:
         for name in sorted(names):
             stack.enter_context(registered(name, cls))
+        stack.enter_context(no_installs())
         bridge = TransformerBridge.boot_transformers(str(directory), device="cpu")
     bridge.eval()
     return bridge
