@@ -328,7 +328,8 @@ def detected_head(directory: Path, model: nn.Module) -> str | None:
     from transformers import AutoConfig
 
     try:
-        found = str(determine_architecture_from_hf_config(AutoConfig.from_pretrained(directory)))
+        detect: Any = determine_architecture_from_hf_config  # untyped in transformer-lens
+        found = str(detect(AutoConfig.from_pretrained(directory)))
         named: Any = getattr(transformers, found, None)
     except Exception:
         return None
