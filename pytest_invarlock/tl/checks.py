@@ -625,6 +625,28 @@ def _boot_logits(adapter: Any, ctx: CheckContext, directory: Path, how: str,
         return type(booted.adapter).__name__, tlb.bridge_output(booted, inputs)
 
 
+#: (adapter class, architecture, checkpoint) -> the boot of the checkpoint as saved, or why it
+#: failed: both boot checks need it, and a boot is the costliest step of a case
+_SAVED_BOOTS: dict[tuple[type, str, str], tuple[str, torch.Tensor] | CheckFailed] = {}
+
+
+def _saved_boot(adapter: Any, ctx: CheckContext, directory: Path,
+                inputs: dict[str, torch.Tensor]) -> tuple[str, torch.Tensor]:
+    """Return (the booted adapter's class name, its logits) for the checkpoint as saved, once."""
+    key = (_cls(adapter), _arch(ctx), str(directory))
+    if key not in _SAVED_BOOTS:
+        try:
+            _SAVED_BOOTS[key] = _boot_logits(adapter, ctx, directory,
+                                             f"{directory.name} (save_pretrained, safetensors)",
+                                             inputs)
+        except CheckFailed as exc:
+            _SAVED_BOOTS[key] = exc
+    found = _SAVED_BOOTS[key]
+    if isinstance(found, CheckFailed):
+        raise found
+    return found
+
+
 @check(level=MUST, why="users boot TransformerLens from checkpoints on disk; what transformers "
        "writes by default (config.json with architectures, model.safetensors) must boot to the "
        "same bridge as the model in memory")
@@ -642,7 +664,7 @@ def check_boot_from_saved_checkpoint(adapter: Any, model: nn.Module, ctx: CheckC
         want = tlb.bridge_output(bridge, inputs)
     directory = _checkpoint(model, ctx)
     how = f"{directory.name} (save_pretrained, safetensors)"
-    used, got = _boot_logits(adapter, ctx, directory, how, inputs)
+    used, got = _saved_boot(adapter, ctx, directory, inputs)
     if not tlb.close(got, want):
         raise CheckFailed(f"booted from {how}, the bridge ({used}) gives logits that differ "
                           f"from the in-memory bridge's: {tlb.gap(got, want)}; load the "
@@ -660,7 +682,7 @@ def check_boot_without_architectures(adapter: Any, model: nn.Module, ctx: CheckC
     inputs, _ = _hf_logits(model)
     directory = _checkpoint(model, ctx)
     try:
-        _, want = _boot_logits(adapter, ctx, directory, directory.name, inputs)
+        _, want = _saved_boot(adapter, ctx, directory, inputs)
     except CheckFailed as exc:
         raise CheckNotApplicable("booting the checkpoint as saved fails "
                                  "(check_boot_from_saved_checkpoint says why)") from exc

@@ -186,12 +186,11 @@ class TransformerLensProfile:
 
 def _loads(target: str) -> Any:
     """Return the class ``module:Class`` names (None when it does not import)."""
-    import importlib
+    from pytest_invarlock.registry import AdapterError, AdapterSpec
 
-    module, _, name = target.partition(":")
     try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
+        return AdapterSpec(target, target).load_class()
+    except AdapterError:
         return None
 
 
