@@ -65,14 +65,20 @@ def _where(adapter: Any, ctx: CheckContext) -> str:
 
 @contextmanager
 def _stage(what: str) -> Iterator[None]:
-    """Turn an exception of TransformerLens into a failure naming what was being done."""
+    """Turn an exception of TransformerLens into a failure naming what was being done.
+
+    The process's checkpoint directory (a random temporary name) is spelled ``<checkpoints>``,
+    so the same failure reads the same in every run's results file.
+    """
     try:
         yield
     except (CheckFailed, CheckNotApplicable):
         raise
     except Exception as exc:
-        detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
-        raise CheckFailed(f"{what} raised {detail}") from exc
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        if _scratch.cache_info().currsize:
+            detail = detail.replace(str(_scratch()), "<checkpoints>")
+        raise CheckFailed(f"{what} raised {detail[:400]}") from exc
 
 
 def _build(adapter: Any, model: nn.Module, ctx: CheckContext) -> tuple[Any, nn.Module]:
